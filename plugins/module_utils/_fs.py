@@ -1,0 +1,370 @@
+# Copyright (c) agor.persistence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Filesystem primitives that never follow a symlink they did not create.
+
+Private to the agor.persistence collection.  Every operation below a trusted anchor works on
+directory file descriptors opened with O_NOFOLLOW, so a link planted by a less trusted user
+(the volume and the home are writable by the agents' user, while this code runs as root) is
+seen as a link and never traversed, re-owned or copied through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import typing as t
+
+from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+COPY_CHUNK = 8 * 1024 * 1024
+
+# (st_dev, st_ino, st_size, st_mtime_ns): what a removal checks has not changed since it was copied.
+Identity = t.Tuple[int, int, int, int]
+
+
+def kind_of(st: t.Optional[os.stat_result]) -> str:
+    """Name the type of an lstat result: missing, directory, file, link or other."""
+    if st is None:
+        return "missing"
+    if stat.S_ISLNK(st.st_mode):
+        return "link"
+    if stat.S_ISDIR(st.st_mode):
+        return "directory"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    return "other"
+
+
+def identity(st: os.stat_result) -> Identity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def lstat_at(dir_fd: int, name: str) -> t.Optional[os.stat_result]:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_dir_at(dir_fd: int, name: str) -> int:
+    """Open a child directory without following a link; ELOOP/ENOTDIR surface as OSError."""
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def open_anchor(path: str) -> t.Optional[int]:
+    """Open a configured directory (home parent, volume, seed store) from ``/``.
+
+    A symlink on the way is followed only when root owns it: distributions link e.g. ``/home``
+    to ``/var/home``, and only root could have made such a link.  A link owned by anybody else
+    is refused.  Returns None when the directory does not exist.
+    """
+    fd = os.open("/", DIR_FLAGS)
+    try:
+        for part in [p for p in path.split("/") if p]:
+            st = lstat_at(fd, part)
+            if st is None:
+                os.close(fd)
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                if st.st_uid != 0:
+                    raise AgentStateLinkError(
+                        f"{path}: component {part!r} is a symlink owned by uid {st.st_uid}; refusing to follow it"
+                    )
+                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            elif stat.S_ISDIR(st.st_mode):
+                next_fd = open_dir_at(fd, part)
+            else:
+                raise AgentStateLinkError(f"{path}: component {part!r} is not a directory")
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
+    """Open ``anchor/parts...`` strictly (no links); None when a component is missing."""
+    fd = os.dup(anchor_fd)
+    try:
+        for part in parts:
+            try:
+                next_fd = open_dir_at(fd, part)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = next_fd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def make_dir_at(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> None:
+    """Create a directory and set its owner and mode through a no-follow descriptor."""
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    fd = open_dir_at(dir_fd, name)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def write_new_file_at(dir_fd: int, name: str, content: bytes, uid: int, gid: int, mode: int) -> None:
+    fd = os.open(name, CREATE_FLAGS, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, content)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def chown_at(dir_fd: int, name: str, uid: int, gid: int) -> None:
+    """Change the owner of one entry, never what a link points to, never a hard-linked file."""
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        raise FileNotFoundError(errno.ENOENT, "vanished before chown", name)
+    if stat.S_ISLNK(st.st_mode):
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        return
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    try:
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise AgentStateLinkError(f"{name}: replaced while its owner was being changed; rerun")
+        if stat.S_ISREG(fst.st_mode) and fst.st_nlink > 1:
+            raise AgentStateLinkError(
+                f"{name}: is a hard link ({fst.st_nlink} names) owned by uid {fst.st_uid}; "
+                "refusing to change its owner, it may be another file's data"
+            )
+        os.fchown(fd, uid, gid)
+    finally:
+        os.close(fd)
+
+
+def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
+    """Compare two regular files or two symlinks byte for byte, without following links."""
+    a_st, b_st = lstat_at(a_dir, a_name), lstat_at(b_dir, b_name)
+    if a_st is None or b_st is None or kind_of(a_st) != kind_of(b_st):
+        return False
+    if stat.S_ISLNK(a_st.st_mode):
+        return os.readlink(a_name, dir_fd=a_dir) == os.readlink(b_name, dir_fd=b_dir)
+    if not stat.S_ISREG(a_st.st_mode) or a_st.st_size != b_st.st_size:
+        return False
+    a_fd = os.open(a_name, READ_FLAGS, dir_fd=a_dir)
+    try:
+        b_fd = os.open(b_name, READ_FLAGS, dir_fd=b_dir)
+        try:
+            while True:
+                a_chunk = os.read(a_fd, 1024 * 1024)
+                if a_chunk != os.read(b_fd, 1024 * 1024):
+                    return False
+                if not a_chunk:
+                    return True
+        finally:
+            os.close(b_fd)
+    finally:
+        os.close(a_fd)
+
+
+def is_empty_dir_at(dir_fd: int, name: str) -> bool:
+    fd = open_dir_at(dir_fd, name)
+    try:
+        with os.scandir(fd) as entries:
+            return next(entries, None) is None
+    finally:
+        os.close(fd)
+
+
+class Copier:
+    """Copy trees without following links, recording what was copied so that only that is removed.
+
+    Files keep their mode and times; ownership is kept (like ``mv``) unless ``owner`` is given.
+    """
+
+    def __init__(self, owner: t.Optional[t.Tuple[int, int]] = None) -> None:
+        self.owner = owner
+        self.files = 0
+        self.bytes = 0
+
+    def copy(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> t.Dict[str, Identity]:
+        """Copy one entry (recursively); return the manifest of the source, keyed by relative path."""
+        manifest: t.Dict[str, Identity] = {}
+        self._copy(src_dir, src_name, dst_dir, dst_name, "", manifest)
+        return manifest
+
+    def _ownership(self, st: os.stat_result) -> t.Tuple[int, int]:
+        return self.owner if self.owner is not None else (st.st_uid, st.st_gid)
+
+    def _copy(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, rel: str, manifest: t.Dict[str, Identity]) -> None:
+        st = lstat_at(src_dir, src_name)
+        kind = kind_of(st)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "vanished while copying", src_name)
+        uid, gid = self._ownership(st)
+        if kind == "link":
+            os.symlink(os.readlink(src_name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
+            os.chown(dst_name, uid, gid, dir_fd=dst_dir, follow_symlinks=False)
+            os.utime(dst_name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
+        elif kind == "file":
+            self._copy_file(src_dir, src_name, dst_dir, dst_name, st, (uid, gid))
+        elif kind == "directory":
+            self._copy_dir(src_dir, src_name, dst_dir, dst_name, st, (uid, gid), rel, manifest)
+        else:
+            raise AgentStateLinkError(f"{src_name}: is a socket, FIFO or device; move it away, it cannot be migrated")
+        manifest[rel] = identity(st)
+
+    def _copy_file(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, st: os.stat_result, owner: t.Tuple[int, int]) -> None:
+        src = os.open(src_name, READ_FLAGS, dir_fd=src_dir)
+        try:
+            before = os.fstat(src)
+            if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
+                raise AgentStateLinkError(f"{src_name}: replaced while being copied; rerun")
+            dst = os.open(dst_name, CREATE_FLAGS, 0o600, dir_fd=dst_dir)
+            try:
+                copied = _copy_bytes(src, dst, before.st_size)
+                after = os.fstat(src)
+                if identity(after) != identity(before) or copied != before.st_size or os.fstat(dst).st_size != copied:
+                    raise AgentStateLinkError(f"{src_name}: changed while being copied; nothing was removed, rerun")
+                os.fchown(dst, *owner)
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+        self.files += 1
+        self.bytes += st.st_size
+
+    def _copy_dir(
+        self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, st: os.stat_result,
+        owner: t.Tuple[int, int], rel: str, manifest: t.Dict[str, Identity],
+    ) -> None:
+        os.mkdir(dst_name, 0o700, dir_fd=dst_dir)
+        src = open_dir_at(src_dir, src_name)
+        try:
+            dst = open_dir_at(dst_dir, dst_name)
+            try:
+                with os.scandir(src) as entries:
+                    names = [entry.name for entry in entries]
+                for name in names:
+                    self._copy(src, name, dst, name, f"{rel}/{name}" if rel else name, manifest)
+                os.fchown(dst, *owner)
+                os.fchmod(dst, stat.S_IMODE(st.st_mode))
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            finally:
+                os.close(dst)
+        finally:
+            os.close(src)
+
+
+def _copy_bytes(src: int, dst: int, size: int) -> int:
+    """Copy a file's bytes in the kernel where possible; return the number copied."""
+    copied = 0
+    try:
+        while True:
+            sent = os.sendfile(dst, src, copied, max(size - copied, COPY_CHUNK))
+            if sent == 0:
+                return copied
+            copied += sent
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS) or copied:
+            raise
+    os.lseek(src, 0, os.SEEK_SET)
+    while True:
+        chunk = os.read(src, COPY_CHUNK)
+        if not chunk:
+            return copied
+        os.write(dst, chunk)
+        copied += len(chunk)
+
+
+def remove_copied(dir_fd: int, name: str, manifest: t.Mapping[str, Identity], rel: str = "") -> bool:
+    """Remove what ``manifest`` says was copied and is unchanged since; keep anything else.
+
+    Returns True when the entry is gone.  A directory that still holds unrecorded entries
+    (written after the copy) stays, with those entries, and False is returned.
+    """
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return True
+    recorded = manifest.get(rel)
+    if stat.S_ISDIR(st.st_mode):
+        if recorded is None or recorded[:2] != (st.st_dev, st.st_ino):
+            return False
+        fd = open_dir_at(dir_fd, name)
+        try:
+            with os.scandir(fd) as entries:
+                names = [entry.name for entry in entries]
+            complete = True
+            for child in names:
+                complete &= remove_copied(fd, child, manifest, f"{rel}/{child}" if rel else child)
+        finally:
+            os.close(fd)
+        if not complete:
+            return False
+        os.rmdir(name, dir_fd=dir_fd)
+        return True
+    if recorded is None or recorded != identity(st):
+        return False
+    os.unlink(name, dir_fd=dir_fd)
+    return True
+
+
+def replace_with_symlink(dir_fd: int, name: str, target: str, uid: int, gid: int) -> None:
+    """Make ``name`` a symlink to ``target`` atomically (via a temporary link and rename).
+
+    An existing symlink or file is swapped in one step.  An empty directory is removed first
+    (rename cannot replace a directory with a link); rmdir refuses a non-empty one, so no
+    content can be lost here.
+    """
+    tmp = stale_link_name(name)
+    remove_stale_link(dir_fd, name)
+    os.symlink(target, tmp, dir_fd=dir_fd)
+    os.chown(tmp, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    st = lstat_at(dir_fd, name)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        os.rmdir(name, dir_fd=dir_fd)
+    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def stale_link_name(name: str) -> str:
+    return f".{name}.agent-state-link.tmp"
+
+
+def remove_stale_link(dir_fd: int, name: str) -> None:
+    """Remove the temporary link an interrupted run left beside ``name`` (only if it is a link)."""
+    tmp = stale_link_name(name)
+    st = lstat_at(dir_fd, tmp)
+    if st is None:
+        return
+    if not stat.S_ISLNK(st.st_mode):
+        raise AgentStateLinkError(f"{tmp}: exists beside {name} and is not a symlink; move it away")
+    os.unlink(tmp, dir_fd=dir_fd)
+
+
+def open_private_dir(dir_fd: int, name: str) -> t.Optional[int]:
+    """Open a directory only this process's user can have written; None when absent or untrusted."""
+    try:
+        fd = open_dir_at(dir_fd, name)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        os.close(fd)
+        return None
+    return fd

@@ -1,0 +1,227 @@
+# Copyright (c) agor.persistence contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Validate agent_state_link parameters into immutable link specs.
+
+Private to the agor.persistence collection: no compatibility promise outside it.
+Everything here is pure: it reads the user and group databases, never the filesystem.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import typing as t
+from dataclasses import dataclass
+
+STATES = ("present", "prepared", "absent")
+KINDS = ("directory", "file")
+CONFLICT_POLICIES = ("backup", "fail")
+
+# The module's own bookkeeping directory below the volume (and the seed store):
+# lock file, staging area for copies in flight, and backups of conflicting entries.
+META_DIR_NAME = ".agent-state-link"
+
+
+class AgentStateLinkError(Exception):
+    """A refusal or failure, with a message that names the parameter or path at fault."""
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One state path and where it lives in the volume."""
+
+    path: str
+    target: str
+    kind: str
+    initial_content: t.Optional[str]
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one module run does, validated."""
+
+    links: t.Tuple[LinkSpec, ...]
+    volume: str
+    state: str
+    require_mount: bool
+    conflict: str
+    seed_store: t.Optional[str]
+    manage_volume_root: bool
+    uid: int
+    gid: int
+    directory_mode: int
+    file_mode: int
+    lock_timeout: float
+
+    def relative_target(self, link: LinkSpec) -> str:
+        """The link's target relative to the volume, e.g. ``.claude``."""
+        return os.path.relpath(link.target, self.volume)
+
+
+def _absolute(value: t.Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise AgentStateLinkError(f"{name}: must be a non-empty absolute path, got {value!r}")
+    if not os.path.isabs(value):
+        raise AgentStateLinkError(f"{name}: {value!r} is a relative path; give an absolute path")
+    if "\0" in value:
+        raise AgentStateLinkError(f"{name}: {value!r} contains a NUL byte")
+    if ".." in value.split("/"):
+        raise AgentStateLinkError(f"{name}: {value!r} contains '..'; give a path without parent references")
+    normalized = os.path.normpath(value)
+    if normalized == "/":
+        raise AgentStateLinkError(f"{name}: the filesystem root cannot be used")
+    return normalized
+
+
+def is_within(child: str, parent: str) -> bool:
+    """True when ``child`` equals or lies below ``parent`` (both normalized)."""
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+def _resolve_user(value: t.Any, name: str) -> t.Tuple[int, int]:
+    """Return (uid, primary gid) for a user name or numeric id."""
+    text = str(value)
+    try:
+        entry = pwd.getpwuid(int(text)) if text.isdigit() else pwd.getpwnam(text)
+    except (KeyError, OverflowError):
+        if text.isdigit():
+            return int(text), -1
+        raise AgentStateLinkError(f"{name}: unknown user {text!r}") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _resolve_group(value: t.Any, name: str) -> int:
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise AgentStateLinkError(f"{name}: unknown group {text!r}") from None
+
+
+def _ownership(owner: t.Any, group: t.Any, where: str, default: t.Tuple[int, int]) -> t.Tuple[int, int]:
+    """Resolve an owner/group pair; unset values fall back to ``default``."""
+    uid, gid = default
+    if owner is not None and owner != "":
+        uid, primary_gid = _resolve_user(owner, f"{where}owner")
+        gid = primary_gid if primary_gid >= 0 else gid
+    if group is not None and group != "":
+        gid = _resolve_group(group, f"{where}group")
+    return uid, gid
+
+
+def _mode(value: t.Any, name: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    elif isinstance(value, str) and value.isdigit():
+        mode = int(value, 8)
+    else:
+        raise AgentStateLinkError(f"{name}: {value!r} is not an octal mode such as '0700'")
+    if not 0 <= mode <= 0o7777:
+        raise AgentStateLinkError(f"{name}: {value!r} is out of range for a file mode")
+    return mode
+
+
+def _choice(value: t.Any, name: str, choices: t.Sequence[str]) -> str:
+    if value not in choices:
+        raise AgentStateLinkError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    return t.cast(str, value)
+
+
+def build_job(params: t.Mapping[str, t.Any]) -> Job:
+    """Validate raw module parameters; raise AgentStateLinkError naming the first problem."""
+    state = _choice(params.get("state", "present"), "state", STATES)
+    volume = _absolute(params.get("volume"), "volume")
+    conflict = _choice(params.get("conflict", "backup"), "conflict", CONFLICT_POLICIES)
+    uid, gid = _ownership(params.get("owner"), params.get("group"), "", (os.geteuid(), os.getegid()))
+    seed_store = params.get("seed_store")
+    if seed_store is not None:
+        seed_store = _absolute(seed_store, "seed_store")
+        if is_within(seed_store, volume) or is_within(volume, seed_store):
+            raise AgentStateLinkError(
+                f"seed_store: {seed_store} overlaps volume {volume}; the seed store must lie outside the volume "
+                "because the mounted volume hides whatever the image holds below its mount path"
+            )
+    if state == "prepared" and seed_store is None:
+        raise AgentStateLinkError("seed_store: required with state=prepared, to keep what the image holds at each path")
+
+    raw_links = params.get("links")
+    if not isinstance(raw_links, (list, tuple)) or not raw_links:
+        raise AgentStateLinkError("links: give a non-empty list of {path, target, kind} entries")
+    links = tuple(
+        _build_link(raw, index, volume, (uid, gid), seed_store) for index, raw in enumerate(raw_links)
+    )
+    _check_disjoint(links)
+
+    lock_timeout = params.get("lock_timeout", 120)
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
+        raise AgentStateLinkError(f"lock_timeout: {lock_timeout!r} is not a number of seconds >= 0")
+
+    return Job(
+        links=links,
+        volume=volume,
+        state=state,
+        require_mount=bool(params.get("require_mount", True)),
+        conflict=conflict,
+        seed_store=seed_store,
+        manage_volume_root=bool(params.get("manage_volume_root", False)),
+        uid=uid,
+        gid=gid,
+        directory_mode=_mode(params.get("directory_mode", "0700"), "directory_mode"),
+        file_mode=_mode(params.get("file_mode", "0600"), "file_mode"),
+        lock_timeout=float(lock_timeout),
+    )
+
+
+def _build_link(
+    raw: t.Any, index: int, volume: str, default_owner: t.Tuple[int, int], seed_store: t.Optional[str]
+) -> LinkSpec:
+    where = f"links[{index}]."
+    if not isinstance(raw, t.Mapping):
+        raise AgentStateLinkError(f"links[{index}]: expected a dictionary with path, target and kind, got {raw!r}")
+    path = _absolute(raw.get("path"), where + "path")
+    target = _absolute(raw.get("target"), where + "target")
+    kind = _choice(raw.get("kind", "directory"), where + "kind", KINDS)
+    if not is_within(target, volume) or target == volume:
+        raise AgentStateLinkError(f"{where}target: {target} lies outside volume {volume}; every target must be inside it")
+    if is_within(os.path.join(volume, META_DIR_NAME), target) or is_within(target, os.path.join(volume, META_DIR_NAME)):
+        raise AgentStateLinkError(f"{where}target: {target} overlaps the module's bookkeeping directory {META_DIR_NAME}")
+    if path == target:
+        raise AgentStateLinkError(f"{where}path: {path} equals its target")
+    if is_within(target, path):
+        raise AgentStateLinkError(f"{where}path: {path} contains its target {target}")
+    if is_within(path, target):
+        raise AgentStateLinkError(f"{where}path: {path} lies inside its target {target}")
+    if is_within(path, volume) or is_within(volume, path):
+        raise AgentStateLinkError(f"{where}path: {path} overlaps volume {volume}; state paths must lie outside it")
+    if seed_store is not None and (is_within(path, seed_store) or is_within(seed_store, path)):
+        raise AgentStateLinkError(f"{where}path: {path} overlaps seed_store {seed_store}")
+    initial_content = raw.get("initial_content")
+    if initial_content is not None:
+        if kind != "file":
+            raise AgentStateLinkError(f"{where}initial_content: only allowed with kind=file")
+        if not isinstance(initial_content, str) or initial_content == "":
+            raise AgentStateLinkError(
+                f"{where}initial_content: must be a non-empty string (an empty file breaks programs such as Claude Code)"
+            )
+    uid, gid = _ownership(raw.get("owner"), raw.get("group"), where, default_owner)
+    return LinkSpec(path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid)
+
+
+def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:
+    """Refuse duplicate or nested paths and targets: one link would run through another."""
+    for i, first in enumerate(links):
+        for j in range(i + 1, len(links)):
+            second = links[j]
+            for attr in ("path", "target"):
+                a, b = getattr(first, attr), getattr(second, attr)
+                if a == b:
+                    raise AgentStateLinkError(f"links[{j}].{attr}: {b} is given twice (also links[{i}].{attr})")
+                if is_within(a, b) or is_within(b, a):
+                    raise AgentStateLinkError(f"links[{j}].{attr}: {b} and links[{i}].{attr} {a} are nested")

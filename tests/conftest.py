@@ -1,0 +1,32 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Make the repository importable as ansible_collections.agor.persistence for plain pytest runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _collections_root() -> str:
+    """A collections tree outside the repository whose agor/persistence links to it (no loop inside the repo)."""
+    if os.path.basename(os.path.dirname(os.path.dirname(REPO))) == "ansible_collections":
+        return os.path.dirname(os.path.dirname(os.path.dirname(REPO)))  # already a real collection tree
+    root = os.path.join(tempfile.gettempdir(), "agor-persistence-" + hashlib.sha256(REPO.encode()).hexdigest()[:10])
+    link = os.path.join(root, "ansible_collections", "agor", "persistence")
+    if not os.path.islink(link):
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        try:
+            os.symlink(REPO, link)
+        except FileExistsError:
+            pass
+    return root
+
+
+COLLECTIONS_ROOT = _collections_root()
+if COLLECTIONS_ROOT not in sys.path:
+    sys.path.insert(0, COLLECTIONS_ROOT)
+os.environ["ANSIBLE_COLLECTIONS_PATH"] = COLLECTIONS_ROOT
