@@ -76,9 +76,12 @@ class Executor:
         if is_within(path, self.meta_path):
             anchor_fd, rel = self._meta_fd(), os.path.relpath(os.path.dirname(path), self.meta_path)
         else:
+            # Below the store, the seed store or the link's home directory; else (the store's own
+            # missing ancestors, at image build time) the parent itself, reached from "/".
             anchor = next(
-                root for root in (self.store_root, self.job.seed_store, os.path.dirname(link.path))
-                if root is not None and is_within(path, root) and path != root
+                (root for root in (self.store_root, self.job.seed_store, os.path.dirname(link.path))
+                 if root is not None and is_within(path, root) and path != root),
+                os.path.dirname(path),
             )
             anchor_fd, rel = self._anchor(anchor), os.path.relpath(os.path.dirname(path), anchor)
         parts = [] if rel == "." else rel.split("/")

@@ -223,16 +223,19 @@ def _link_record(link_plan: P.LinkPlan) -> t.Dict[str, t.Any]:
 
 
 def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
+    """Before and after of the path and of the target, the shape ansible.builtin.file uses."""
     link = link_plan.link
-    after: t.Dict[str, t.Any]
     if state == "absent":
         restored = any(step.action in (P.RESTORE, P.CREATE_EMPTY) for step in link_plan.steps)
-        after = {"path": link.path, "state": link.kind if restored else "missing"}
+        after = {"path": link.kind if restored else "missing", "target": link_plan.target_before}
     else:
-        after = {"path": link.path, "state": "link", "target": link.target}
+        filled = link.kind == "directory" or link_plan.target_before == "file" or any(
+            step.action in (P.MOVE, P.SEED, P.CREATE_FILE) and step.dest == link_plan.store for step in link_plan.steps
+        )
+        after = {"path": f"link to {link.target}", "target": link.kind if filled else "missing"}
     return {
         "before_header": link.path,
         "after_header": link.path,
-        "before": {"path": link.path, "state": link_plan.before, "target": link_plan.target_before},
-        "after": dict(after, actions=link_plan.actions()),
+        "before": {"path": link_plan.before, "target": link_plan.target_before},
+        "after": after,
     }

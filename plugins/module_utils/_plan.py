@@ -174,9 +174,9 @@ class Planner:
             store_exists = self._plan_store(plan)
         if home_fd is None:
             plan.steps.extend(self._missing_directories(os.path.dirname(link.path), CREATE_HOME_DIRECTORY))
-        if plan.before == f"link to {link.target}":
-            return
         migrated = False
+        if plan.before == f"link to {link.target}":
+            home_kind = "link"  # already in place: nothing to migrate or relink, the target may still need content
         if home_kind == link.kind:
             migrated = self._plan_migration(plan, home_fd, name, store_exists)
         elif home_kind == "other":
@@ -185,7 +185,8 @@ class Planner:
             plan.steps.extend(self._plan_backup(home_fd, name, link.path))
         if not migrated and self.job.state == "present":
             plan.steps.extend(self._plan_fill(plan, store_exists))
-        plan.steps.append(Step(LINK, link.path, link.target))
+        if plan.before != f"link to {link.target}":
+            plan.steps.append(Step(LINK, link.path, link.target))
 
     def _plan_store(self, plan: LinkPlan) -> bool:
         """Plan the target chain below the store root; return whether the target already exists."""
