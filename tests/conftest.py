@@ -30,3 +30,14 @@ COLLECTIONS_ROOT = _collections_root()
 if COLLECTIONS_ROOT not in sys.path:
     sys.path.insert(0, COLLECTIONS_ROOT)
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = COLLECTIONS_ROOT
+
+
+import pytest  # noqa: E402  (after the path setup above, like the test modules)
+
+from agent_tree import Tree  # noqa: E402
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A sandbox home with its volume inside, plus a directory outside both (see agent_tree.Tree)."""
+    return Tree(str(tmp_path))

@@ -1,0 +1,181 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""state=present from every starting state, on real trees: check mode first (tree untouched, same
+prediction), the real run, then a rerun with nothing to do (see agent_tree.converge)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import typing as t
+from dataclasses import dataclass, field
+
+import pytest
+
+from agent_tree import DIR, MISSING, Link, contents, converge, run_engine, snapshot
+
+from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
+
+CLAUDE = {"path": "home:.claude", "target": "vol:.claude"}
+CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file"}
+CLAUDE_JSON_INIT = dict(CLAUDE_JSON, initial_content="{}")
+NESTED = {"path": "home:.claude", "target": "vol:agents/claude"}
+
+
+@dataclass
+class Case:
+    id: str
+    start: t.Dict[str, t.Any]
+    actions: t.List[t.List[str]]
+    after: t.Dict[str, t.Any]
+    links: t.List[t.Dict[str, t.Any]] = field(default_factory=lambda: [CLAUDE])
+    backups: t.Dict[str, t.Any] = field(default_factory=dict)  # what each backed-up entry was
+    params: t.Dict[str, t.Any] = field(default_factory=dict)
+
+
+CASES = [
+    Case("path missing", {}, [["create_directory", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR}),
+    Case("path missing, target holds state", {"vol:.claude/s.jsonl": "S"}, [["link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/s.jsonl": "S"}),
+    Case("path already the right link", {"vol:.claude/s.jsonl": "S", "home:.claude": Link("vol:.claude")}, [[]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/s.jsonl": "S"}),
+    Case("link elsewhere", {"out:dir/keep": "K", "home:.claude": Link("out:dir")}, [["create_directory", "link"]],
+         {"home:.claude": Link("vol:.claude"), "out:dir/keep": "K", "vol:.claude/keep": MISSING}),
+    Case("dangling link", {"home:.claude": Link("/nonexistent/agor/.claude")}, [["create_directory", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR}),
+    Case("relative link to the right target", {"vol:.claude/s.jsonl": "S", "home:.claude": Link(".agor/.claude")}, [["link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/s.jsonl": "S"}),
+    Case("empty real directory", {"home:.claude": DIR}, [["create_directory", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR}),
+    Case("real directory into a missing target",
+         {"home:.claude/projects/-work/s.jsonl": "S", "home:.claude/settings.json": "{}", "home:.claude/.hidden": "H"},
+         [["create_directory", "move", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/projects/-work/s.jsonl": "S", "vol:.claude/settings.json": "{}",
+          "vol:.claude/.hidden": "H"}),
+    Case("real directory merged into an existing target",
+         {"home:.claude/new.jsonl": "N", "home:.claude/projects/a.jsonl": "A",
+          "vol:.claude/old.jsonl": "O", "vol:.claude/projects/b.jsonl": "B"},
+         [["move", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/new.jsonl": "N", "vol:.claude/old.jsonl": "O",
+          "vol:.claude/projects/a.jsonl": "A", "vol:.claude/projects/b.jsonl": "B"}),
+    Case("conflicts inside a directory",
+         {"home:.claude/new": "n", "home:.claude/same": "s", "vol:.claude/same": "s",
+          "home:.claude/settings.json": "home", "vol:.claude/settings.json": "volume"},
+         [["move", "drop_duplicate", "backup", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/new": "n", "vol:.claude/same": "s", "vol:.claude/settings.json": "volume"},
+         backups={"home:.claude/settings.json": "home"}),
+    Case("real file into a missing target", {"home:.claude.json": '{"a": 1}'}, [["move", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"a": 1}'}, links=[CLAUDE_JSON_INIT]),
+    Case("file identical to the volume's", {"home:.claude.json": "same", "vol:.claude.json": "same"}, [["drop_duplicate", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "same"}, links=[CLAUDE_JSON]),
+    Case("conflicting file", {"home:.claude.json": "home", "vol:.claude.json": "volume"}, [["backup", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "volume"}, links=[CLAUDE_JSON],
+         backups={"home:.claude.json": "home"}),
+    Case("file in the home where a directory is expected", {"home:.claude": "oops"}, [["create_directory", "backup", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR}, backups={"home:.claude": "oops"}),
+    Case("directory in the home where a file is expected", {"home:.claude.json/x": "X"}, [["backup", "create_file", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT],
+         backups={"home:.claude.json": DIR, "home:.claude.json/x": "X"}),
+    Case("file in the volume where the target directory goes", {"home:.claude/s": "S", "vol:.claude": "stray"},
+         [["backup_volume_entry", "create_directory", "move", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/s": "S"}, backups={"vol:.claude": "stray"}),
+    Case("directory in the volume where the target file goes", {"home:.claude.json": "mine", "vol:.claude.json/x": "X"},
+         [["backup_volume_entry", "move", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine"}, links=[CLAUDE_JSON],
+         backups={"vol:.claude.json": DIR, "vol:.claude.json/x": "X"}),
+    Case("target is a link to a directory outside the volume", {"out:dir/keep": "K", "vol:.claude": Link("out:dir"), "home:.claude/s": "S"},
+         [["backup_volume_entry", "create_directory", "move", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR, "vol:.claude/s": "S", "out:dir/s": MISSING},
+         backups={"vol:.claude": Link("out:dir")}),
+    Case("file target is a link to a file outside the volume", {"out:secret": "secret", "vol:.claude.json": Link("out:secret"), "home:.claude.json": "mine"},
+         [["backup_volume_entry", "move", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine", "out:secret": "secret"}, links=[CLAUDE_JSON],
+         backups={"vol:.claude.json": Link("out:secret")}),
+    Case("right link, but the target is a link outside the volume", {"out:dir/keep": "K", "vol:.claude": Link("out:dir"), "home:.claude": Link("vol:.claude")},
+         [["backup_volume_entry", "create_directory"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR, "vol:.claude/keep": MISSING}, backups={"vol:.claude": Link("out:dir")}),
+    Case("parent below the volume is a link outside", {"out:dir/keep": "K", "vol:agents": Link("out:dir"), "home:.claude/s": "S"},
+         [["backup_volume_entry", "create_directory", "move", "link"]],
+         {"home:.claude": Link("vol:agents/claude"), "vol:agents": DIR, "vol:agents/claude/s": "S", "out:dir/claude": MISSING},
+         links=[NESTED], backups={"vol:agents": Link("out:dir")}),
+    Case("parent below the volume is a file", {"vol:agents": "stray", "home:.claude/s": "S"},
+         [["backup_volume_entry", "create_directory", "move", "link"]],
+         {"home:.claude": Link("vol:agents/claude"), "vol:agents/claude/s": "S"}, links=[NESTED], backups={"vol:agents": "stray"}),
+    Case("file link with initial_content, nothing there", {}, [["create_file", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT]),
+    Case("file link without initial_content, nothing there", {}, [["link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": MISSING}, links=[CLAUDE_JSON]),
+    Case("missing home parents", {}, [["create_directory", "create_home_directory", "link"]],
+         {"home:.local": DIR, "home:.local/share/opencode": Link("vol:opencode"), "vol:opencode": DIR},
+         links=[{"path": "home:.local/share/opencode", "target": "vol:opencode"}]),
+    Case("seed fills a missing target", {"seed:.claude/settings.json": "seeded"}, [["create_directory", "seed", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/settings.json": "seeded", "seed:.claude/settings.json": "seeded"},
+         params={"seed_store": "seed:"}),
+    Case("seed fills an empty target", {"vol:.claude": DIR, "seed:.claude/settings.json": "seeded"}, [["seed", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/settings.json": "seeded"}, params={"seed_store": "seed:"}),
+    Case("seed never overwrites a target with content",
+         {"vol:.claude/settings.json": "user", "seed:.claude/settings.json": "seeded", "seed:.claude/other": "o"}, [["link"]],
+         {"vol:.claude/settings.json": "user", "vol:.claude/other": MISSING}, params={"seed_store": "seed:"}),
+    Case("seed not used when the home brings content", {"home:.claude/s": "S", "seed:.claude/settings.json": "seeded"},
+         [["create_directory", "move", "link"]],
+         {"vol:.claude/s": "S", "vol:.claude/settings.json": MISSING}, params={"seed_store": "seed:"}),
+    Case("seed fills a missing file target before initial_content", {"seed:.claude.json": '{"seed": 1}'}, [["seed", "link"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"seed": 1}'}, links=[CLAUDE_JSON_INIT],
+         params={"seed_store": "seed:"}),
+    Case("seed never overwrites a file target", {"vol:.claude.json": "user", "seed:.claude.json": "seeded"}, [["link"]],
+         {"vol:.claude.json": "user"}, links=[CLAUDE_JSON], params={"seed_store": "seed:"}),
+    # The image build (state=prepared) leaves the right link, dangling; the first start fills the target.
+    Case("prepared link, seed fills the missing target", {"home:.claude": Link("vol:.claude"), "seed:.claude/settings.json": "seeded"},
+         [["create_directory", "seed"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/settings.json": "seeded"}, params={"seed_store": "seed:"}),
+    Case("prepared file link, initial_content creates the target", {"home:.claude.json": Link("vol:.claude.json")}, [["create_file"]],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT]),
+    Case("several links at once",
+         {"home:.claude/s": "S", "home:.claude.json": "{}", "home:.codex": Link("out:dir")},
+         [["create_directory", "move", "link"], ["move", "link"], ["create_directory", "link"]],
+         {"home:.claude": Link("vol:.claude"), "home:.claude.json": Link("vol:.claude.json"), "home:.codex": Link("vol:.codex"),
+          "vol:.claude/s": "S", "vol:.claude.json": "{}", "vol:.codex": DIR},
+         links=[CLAUDE, CLAUDE_JSON_INIT, {"path": "home:.codex", "target": "vol:.codex"}]),
+]
+
+
+def backed_up(tree, result) -> t.Dict[str, t.Any]:
+    """What each reported backup holds, keyed by the reference of the original entry."""
+    found: t.Dict[str, t.Any] = {}
+    for entry in (entry for record in result["links"] for entry in record["backups"]):
+        assert result["backup_dir"].startswith(tree.meta + "/backups/")
+        assert entry["backup"] == result["backup_dir"] + entry["path"]
+        ref = next(f"{key}:{os.path.relpath(entry['path'], tree(key + ':'))}" for key in ("vol", "home")
+                   if entry["path"].startswith(tree(key + ":") + "/"))
+        for rel, kind in snapshot(entry["backup"]).items():
+            path = os.path.join(entry["backup"], rel) if rel else entry["backup"]
+            found[os.path.join(ref, rel) if rel else ref] = (
+                DIR if kind[0] == "dir" else Link(os.readlink(path)) if kind[0] == "link" else open(path, encoding="utf-8").read()
+            )
+    return found
+
+
+def expected_backups(tree, case) -> t.Dict[str, t.Any]:
+    return {ref: Link(tree(spec.dest)) if isinstance(spec, Link) else spec for ref, spec in case.backups.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_present(tree, case):
+    tree.build(case.start)
+    params = tree.params(*case.links, **case.params)
+    outside, before = snapshot(tree.outside), contents(tree.root)
+
+    result = converge(params, tree.root)
+
+    assert [record["actions"] for record in result["links"]] == case.actions
+    assert result["changed"] == any(case.actions)
+    tree.expect(case.after)
+    for link in params["links"]:  # the end state every link shares
+        assert os.readlink(link["path"]) == link["target"], "the path must be a single-hop absolute link to its target"
+        target = os.lstat(link["target"]) if os.path.lexists(link["target"]) else None
+        kind = link.get("kind", "directory")
+        if kind == "directory" or target is not None:
+            assert target is not None and (stat.S_ISDIR if kind == "directory" else stat.S_ISREG)(target.st_mode)
+    assert snapshot(tree.outside) == outside, "something outside the home and the volume was touched"
+    assert set(before) <= set(contents(tree.root)), "some content was lost"
+    assert backed_up(tree, result) == expected_backups(tree, case), "each conflicting entry, whole, in the reported backup"
