@@ -125,7 +125,8 @@ def _lock(job: Job) -> t.Tuple[int, int]:
 
 def _backup_dir(job: Job, meta_fd: t.Optional[int]) -> str:
     store_root = job.seed_store if job.state == "prepared" else job.volume
-    assert store_root is not None
+    if store_root is None:
+        raise AssertionError("state=prepared without seed_store")
     stamp = None
     if meta_fd is not None:
         try:
@@ -162,7 +163,10 @@ def _refuse_conflicts(plan: P.JobPlan) -> None:
         return
     conflicts = [step for link_plan in plan.links for step in link_plan.conflicts()]
     if conflicts:
-        listed = "; ".join(f"{step.path} ({'volume entry in the way' if step.action == P.BACKUP_VOLUME_ENTRY else 'differs from the volume copy'})" for step in conflicts)
+        listed = "; ".join(
+            f"{step.path} ({'volume entry in the way' if step.action == P.BACKUP_VOLUME_ENTRY else 'differs from the volume copy'})"
+            for step in conflicts
+        )
         raise AgentStateLinkError(f"conflict=fail: {len(conflicts)} conflict(s), nothing changed: {listed}")
 
 
@@ -229,9 +233,7 @@ def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
         restored = any(step.action in (P.RESTORE, P.CREATE_EMPTY) for step in link_plan.steps)
         after = {"path": link.kind if restored else "missing", "target": link_plan.target_before}
     else:
-        filled = link.kind == "directory" or link_plan.target_before == "file" or any(
-            step.action in (P.MOVE, P.SEED, P.CREATE_FILE) and step.dest == link_plan.store for step in link_plan.steps
-        )
+        filled = link.kind == "directory" or link_plan.target_before == "file" or _fills_file_target(link_plan)
         after = {"path": f"link to {link.target}", "target": link.kind if filled else "missing"}
     return {
         "before_header": link.path,
@@ -239,3 +241,12 @@ def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
         "before": {"path": link_plan.before, "target": link_plan.target_before},
         "after": after,
     }
+
+
+def _fills_file_target(link_plan: P.LinkPlan) -> bool:
+    """Whether a step puts content at a file target (which is otherwise left missing)."""
+    for step in link_plan.steps:
+        written = step.path if step.action == P.CREATE_FILE else step.dest
+        if step.action in (P.MOVE, P.SEED, P.CREATE_FILE) and written == link_plan.store:
+            return True
+    return False

@@ -113,6 +113,9 @@ class Planner:
         self.backup_dir = backup_dir
         self.store_root = job.seed_store if job.state == "prepared" else job.volume
         self._anchors: t.Dict[str, t.Optional[int]] = {}
+        # Directories created or entries backed up by an earlier link's steps: links can share
+        # parents (e.g. users/<name>/ in the volume), and each change must be planned once.
+        self._shared: t.Set[t.Tuple[str, str]] = set()
 
     def close(self) -> None:
         for fd in self._anchors.values():
@@ -132,6 +135,14 @@ class Planner:
             root_fd = self.anchor(self.store_root)
             self._anchors[key] = None if root_fd is None else _fs.open_private_dir(root_fd, META_DIR_NAME)
         return self._anchors[key]
+
+    def _once(self, step: Step) -> t.List[Step]:
+        """The step, unless an earlier link already planned it."""
+        key = (step.action, step.path)
+        if key in self._shared:
+            return []
+        self._shared.add(key)
+        return [step]
 
     def store_path(self, link: LinkSpec) -> str:
         return os.path.join(self.store_root, self.job.relative_target(link))
@@ -209,14 +220,14 @@ class Planner:
                     plan.target_before = describe_at(fd, part)
                 wanted = link.kind if is_target else "directory"
                 if kind not in ("missing", wanted):
-                    plan.steps.append(Step(BACKUP_VOLUME_ENTRY, current, backup_location(self.backup_dir, current)))
+                    plan.steps.extend(self._once(Step(BACKUP_VOLUME_ENTRY, current, backup_location(self.backup_dir, current))))
                     kind = "missing"
                 if kind == "missing":
                     if fd is not None:
                         os.close(fd)
                         fd = None
                     if not is_target or link.kind == "directory":
-                        plan.steps.append(Step(CREATE_DIRECTORY, current))
+                        plan.steps.extend(self._once(Step(CREATE_DIRECTORY, current)))
                     continue
                 if is_target:
                     assert st is not None and fd is not None
@@ -237,7 +248,7 @@ class Planner:
         while self.anchor(path) is None:
             missing.insert(0, path)
             path = os.path.dirname(path)
-        return [Step(action, directory) for directory in missing]
+        return [step for directory in missing for step in self._once(Step(action, directory))]
 
     def _plan_migration(self, plan: LinkPlan, home_fd: t.Optional[int], name: str, store_exists: bool) -> bool:
         """Plan moving the home copy into the store; return True when anything moves in."""
