@@ -186,7 +186,8 @@ class Executor:
 
     def _create_file(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
-        assert link.initial_content is not None
+        if link.initial_content is None:
+            raise AssertionError("create_file planned without initial_content")
         name = self._stage_name()
         _fs.write_new_file_at(
             self._staging(), name, link.initial_content.encode("utf-8"), link.uid, link.gid, self.job.file_mode
@@ -208,28 +209,30 @@ class Executor:
 
     def _restore(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         """Put a copy of the target back at the path; the volume keeps its copy."""
-        link = link_plan.link
-        parent_fd, name = self._parent(step.path, link)
-        try:
-            tmp = "." + name + RESTORE_SUFFIX
-            remove_tree_at(parent_fd, tmp)  # an interrupted restore's copy; the volume holds the original
-            src_fd, src_name = self._parent(step.dest, link)
+
+        def copy_target(parent_fd: int, tmp: str) -> None:
+            src_fd, src_name = self._parent(step.dest, link_plan.link)
             try:
                 _fs.Copier().copy(src_fd, src_name, parent_fd, tmp)
             finally:
                 os.close(src_fd)
             os.sync()
-            self._swap_in(parent_fd, tmp, name)
-        finally:
-            os.close(parent_fd)
+
+        self._replace_link_with(step.path, link_plan.link, copy_target)
 
     def _create_empty(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
-        parent_fd, name = self._parent(step.path, link)
+        self._replace_link_with(
+            step.path, link, lambda parent_fd, tmp: _fs.make_dir_at(parent_fd, tmp, link.uid, link.gid, self.job.directory_mode)
+        )
+
+    def _replace_link_with(self, path: str, link: LinkSpec, fill: t.Callable[[int, str], None]) -> None:
+        """Build the real entry under a temporary name beside the link, then swap it in."""
+        parent_fd, name = self._parent(path, link)
         try:
             tmp = "." + name + RESTORE_SUFFIX
             remove_tree_at(parent_fd, tmp)  # an interrupted restore's copy; the volume holds the original
-            _fs.make_dir_at(parent_fd, tmp, link.uid, link.gid, self.job.directory_mode)
+            fill(parent_fd, tmp)
             self._swap_in(parent_fd, tmp, name)
         finally:
             os.close(parent_fd)
@@ -339,9 +342,7 @@ def clear_staging(meta_fd: int) -> None:
         return
     staging_fd = _fs.open_dir_at(meta_fd, STAGING_DIR_NAME)
     try:
-        with os.scandir(staging_fd) as entries:
-            leftovers = [entry.name for entry in entries]
-        for name in leftovers:
+        for name in _fs.list_dir(staging_fd):
             remove_tree_at(staging_fd, name)
     finally:
         os.close(staging_fd)
@@ -357,9 +358,7 @@ def remove_tree_at(dir_fd: int, name: str) -> None:
         return
     fd = _fs.open_dir_at(dir_fd, name)
     try:
-        with os.scandir(fd) as entries:
-            children = [entry.name for entry in entries]
-        for child in children:
+        for child in _fs.list_dir(fd):
             remove_tree_at(fd, child)
     finally:
         os.close(fd)

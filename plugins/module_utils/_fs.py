@@ -177,13 +177,9 @@ def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
         os.close(a_fd)
 
 
-def is_empty_dir_at(dir_fd: int, name: str) -> bool:
-    fd = open_dir_at(dir_fd, name)
-    try:
-        with os.scandir(fd) as entries:
-            return next(entries, None) is None
-    finally:
-        os.close(fd)
+def is_empty_dir(fd: int) -> bool:
+    with os.scandir(fd) as entries:
+        return next(entries, None) is None
 
 
 class Copier:
@@ -236,9 +232,7 @@ class Copier:
                 after = os.fstat(src)
                 if identity(after) != identity(before) or copied != before.st_size or os.fstat(dst).st_size != copied:
                     raise AgentStateLinkError(f"{src_name}: changed while being copied; nothing was removed, rerun")
-                os.fchown(dst, *owner)
-                os.fchmod(dst, stat.S_IMODE(st.st_mode))
-                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                _set_metadata(dst, st, owner)
             finally:
                 os.close(dst)
         finally:
@@ -255,17 +249,44 @@ class Copier:
         try:
             dst = open_dir_at(dst_dir, dst_name)
             try:
-                with os.scandir(src) as entries:
-                    names = [entry.name for entry in entries]
-                for name in names:
+                for name in list_dir(src):
                     self._copy(src, name, dst, name, f"{rel}/{name}" if rel else name, manifest)
-                os.fchown(dst, *owner)
-                os.fchmod(dst, stat.S_IMODE(st.st_mode))
-                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+                _set_metadata(dst, st, owner)
             finally:
                 os.close(dst)
         finally:
             os.close(src)
+
+
+def _set_metadata(fd: int, st: os.stat_result, owner: t.Tuple[int, int]) -> None:
+    """Give a copy its source's mode and times, and ``owner`` (chown first: it clears set-id bits)."""
+    os.fchown(fd, *owner)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def find_unmovable(dir_fd: int, name: str) -> t.Optional[str]:
+    """The relative path of the first socket, FIFO or device in an entry's tree (links not followed)."""
+    kind = kind_of(lstat_at(dir_fd, name))
+    if kind == "other":
+        return name
+    if kind != "directory":
+        return None
+    fd = open_dir_at(dir_fd, name)
+    try:
+        for child in list_dir(fd):
+            found = find_unmovable(fd, child)
+            if found is not None:
+                return f"{name}/{found}"
+    finally:
+        os.close(fd)
+    return None
+
+
+def list_dir(fd: int) -> t.List[str]:
+    """Names in an open directory."""
+    with os.scandir(fd) as entries:
+        return [entry.name for entry in entries]
 
 
 def _copy_bytes(src: int, dst: int, size: int) -> int:
@@ -304,10 +325,8 @@ def remove_copied(dir_fd: int, name: str, manifest: t.Mapping[str, Identity], re
             return False
         fd = open_dir_at(dir_fd, name)
         try:
-            with os.scandir(fd) as entries:
-                names = [entry.name for entry in entries]
             complete = True
-            for child in names:
+            for child in list_dir(fd):
                 complete &= remove_copied(fd, child, manifest, f"{rel}/{child}" if rel else child)
         finally:
             os.close(fd)

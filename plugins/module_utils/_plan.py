@@ -191,7 +191,7 @@ class Planner:
         if home_kind == link.kind:
             migrated = self._plan_migration(plan, home_fd, name, store_exists)
         elif home_kind == "other":
-            raise AgentStateLinkError(f"{link.path}: is a socket, FIFO or device; move it away, it cannot be migrated")
+            self._refuse_unmovable(home_fd, name, os.path.dirname(link.path))
         elif home_kind in ("directory", "file"):
             plan.steps.extend(self._plan_backup(home_fd, name, link.path))
         if not migrated and self.job.state == "present":
@@ -280,12 +280,11 @@ class Planner:
 
     def _plan_dir_merge(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> t.List[Step]:
         steps: t.List[Step] = []
-        with os.scandir(src_fd) as entries:
-            names = sorted(entry.name for entry in entries)
-        for child in names:
+        for child in sorted(_fs.list_dir(src_fd)):
             src_child, dst_child = os.path.join(src_path, child), os.path.join(dst_path, child)
             dst_kind = "missing" if dst_fd is None else _fs.kind_of(_fs.lstat_at(dst_fd, child))
             if dst_kind == "missing":
+                self._refuse_unmovable(src_fd, child, src_path)
                 steps.append(Step(MOVE, src_child, dst_child))
             else:
                 steps.extend(self._plan_entry(src_fd, child, src_child, dst_child, dst_fd))
@@ -301,11 +300,18 @@ class Planner:
                 return self._plan_entry(src_fd, name, src_path, dst_path, parent_fd)
             finally:
                 os.close(parent_fd)
-        dst_name = os.path.basename(dst_path)
+        steps = self._plan_existing(src_fd, name, src_path, dst_fd, os.path.basename(dst_path), dst_path)
+        return self._plan_backup(src_fd, name, src_path) if steps is None else steps
+
+    def _plan_existing(
+        self, src_fd: int, name: str, src_path: str, dst_fd: int, dst_name: str, dst_path: str,
+    ) -> t.Optional[t.List[Step]]:
+        """Plan a home entry against an existing entry of the same name: merge two directories or
+        drop an identical duplicate.  None when they conflict."""
         src_st = _fs.lstat_at(src_fd, name)
         src_kind, dst_kind = _fs.kind_of(src_st), _fs.kind_of(_fs.lstat_at(dst_fd, dst_name))
         if src_kind == "other":
-            raise AgentStateLinkError(f"{src_path}: is a socket, FIFO or device; move it away, it cannot be migrated")
+            self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
         if src_kind == dst_kind == "directory":
             src_child_fd = _fs.open_dir_at(src_fd, name)
             try:
@@ -318,7 +324,16 @@ class Planner:
                 os.close(src_child_fd)
         if src_st is not None and _fs.same_content_at(src_fd, name, dst_fd, dst_name):
             return [Step(DROP_DUPLICATE, src_path, dst_path, _fs.identity(src_st))]
-        return self._plan_backup(src_fd, name, src_path)
+        return None
+
+    @staticmethod
+    def _refuse_unmovable(parent_fd: int, name: str, parent_path: str) -> None:
+        """Refuse, before any change, a tree holding what cannot be copied to another filesystem."""
+        found = _fs.find_unmovable(parent_fd, name)
+        if found is not None:
+            raise AgentStateLinkError(
+                f"{os.path.join(parent_path, found)}: is a socket, FIFO or device; move it away, it cannot be migrated"
+            )
 
     def _open_parent_in_store(self, path: str) -> int:
         rel = os.path.relpath(os.path.dirname(path), self.store_root)
@@ -336,25 +351,15 @@ class Planner:
         if parent_fd is None or _fs.lstat_at(parent_fd, name) is None:
             if parent_fd is not None:
                 os.close(parent_fd)
+            self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
             return [Step(BACKUP, src_path, dest)]
         try:
-            src_st = _fs.lstat_at(src_fd, name)
-            src_kind, dst_kind = _fs.kind_of(src_st), _fs.kind_of(_fs.lstat_at(parent_fd, name))
-            if src_kind == dst_kind == "directory":
-                src_child_fd = _fs.open_dir_at(src_fd, name)
-                try:
-                    dst_child_fd = _fs.open_dir_at(parent_fd, name)
-                    try:
-                        return self._plan_dir_merge(src_child_fd, dst_child_fd, src_path, dest)
-                    finally:
-                        os.close(dst_child_fd)
-                finally:
-                    os.close(src_child_fd)
-            if src_st is not None and _fs.same_content_at(src_fd, name, parent_fd, name):
-                return [Step(DROP_DUPLICATE, src_path, dest, _fs.identity(src_st))]
+            steps = self._plan_existing(src_fd, name, src_path, parent_fd, name, dest)
         finally:
             os.close(parent_fd)
-        raise AgentStateLinkError(f"{src_path}: its backup location {dest} already holds different content; move it away")
+        if steps is None:
+            raise AgentStateLinkError(f"{src_path}: its backup location {dest} already holds different content; move it away")
+        return steps
 
     def _plan_fill(self, plan: LinkPlan, store_exists: bool) -> t.List[Step]:
         """Give an empty target its first content: the image's defaults, else initial_content."""
@@ -371,8 +376,7 @@ class Planner:
     def _store_is_empty(self, plan: LinkPlan) -> bool:
         fd = self._open_store(plan)
         try:
-            with os.scandir(fd) as entries:
-                return next(entries, None) is None
+            return _fs.is_empty_dir(fd)
         finally:
             os.close(fd)
 
@@ -394,8 +398,7 @@ class Planner:
                 return [Step(SEED, seed_path, plan.store)]
             fd = _fs.open_dir_at(parent_fd, name)
             try:
-                with os.scandir(fd) as entries:
-                    names = sorted(entry.name for entry in entries)
+                names = sorted(_fs.list_dir(fd))
             finally:
                 os.close(fd)
             return [Step(SEED, os.path.join(seed_path, child), os.path.join(plan.store, child)) for child in names]
