@@ -11,6 +11,7 @@ import re
 import stat
 import sys
 import typing as t
+from dataclasses import dataclass, field
 
 Entry = t.Tuple[t.Any, ...]
 
@@ -31,19 +32,24 @@ def snapshot(root: str) -> t.Dict[str, Entry]:
         elif stat.S_ISDIR(st.st_mode):
             result[rel] = ("dir", st.st_mtime_ns) + common
             stack.extend(os.path.join(rel, name) for name in os.listdir(path))
-        else:
+        elif stat.S_ISREG(st.st_mode):
             with open(path, "rb") as handle:
                 result[rel] = ("file", hashlib.sha256(handle.read()).hexdigest(), st.st_mtime_ns) + common
+        else:  # a FIFO, socket or device: never opened
+            result[rel] = ("other", stat.S_IFMT(st.st_mode), st.st_mtime_ns) + common
     return result
 
 
-def contents(root: str) -> t.Counter[str]:
-    """Multiset of the sha256 of every regular file's content below ``root`` (links not followed)."""
+def contents(root: str, exclude: t.Iterable[str] = ()) -> t.Counter[str]:
+    """Multiset of the sha256 of every regular file's content below ``root`` (links not followed),
+    leaving out the paths in ``exclude`` (and what is below them)."""
+    skip = set(exclude)
     counter: t.Counter[str] = collections.Counter()
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             path = os.path.join(dirpath, name)
-            if os.path.islink(path) or not os.path.isfile(path):
+            if path in skip or os.path.islink(path) or not os.path.isfile(path):
                 continue
             with open(path, "rb") as handle:
                 counter[hashlib.sha256(handle.read()).hexdigest()] += 1
@@ -109,6 +115,10 @@ class Tree:
     @property
     def meta(self) -> str:
         return os.path.join(self.volume, ".agent-state-link")
+
+    def manifest(self) -> t.Counter[str]:
+        """contents() of the whole sandbox, the module's lock file and staging area left out."""
+        return contents(self.root, exclude=[os.path.join(self.meta, "lock"), os.path.join(self.meta, "staging")])
 
     def link(self, path: str, target: str, kind: str = "directory", **extra: t.Any) -> t.Dict[str, t.Any]:
         return dict(path=self(path), target=self(target), kind=kind, **extra)
@@ -204,3 +214,128 @@ def engine_command(params: t.Mapping[str, t.Any]) -> t.List[str]:
 
 def engine_env() -> t.Dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.environ["ANSIBLE_COLLECTIONS_PATH"])
+
+
+# -- Table-driven starting states ----------------------------------------------------------------
+
+CLAUDE = {"path": "home:.claude", "target": "vol:.claude"}
+
+
+@dataclass
+class Case:
+    """One starting state: the layout, the actions each link takes, what stands after, what is backed up."""
+
+    id: str
+    start: t.Dict[str, t.Any]
+    actions: t.List[t.List[str]]
+    after: t.Dict[str, t.Any]
+    links: t.List[t.Dict[str, t.Any]] = field(default_factory=lambda: [CLAUDE])
+    backups: t.Dict[str, t.Any] = field(default_factory=dict)  # what each backed-up entry was, keyed like ``start``
+    params: t.Dict[str, t.Any] = field(default_factory=dict)
+
+
+def converge_case(tree: Tree, case: Case) -> t.Tuple[t.Dict[str, t.Any], t.Dict[str, t.Any]]:
+    """Build the case, converge it (see converge) and check what every case shares: the actions,
+    the layout after, nothing outside touched, no content lost, the backups.  Returns (params, result)."""
+    tree.build(case.start)
+    params = tree.params(*case.links, **case.params)
+    outside, before = snapshot(tree.outside), contents(tree.root)
+
+    result = converge(params, tree.root)
+
+    assert [record["actions"] for record in result["links"]] == case.actions
+    assert result["changed"] == any(case.actions)
+    tree.expect(case.after)
+    assert snapshot(tree.outside) == outside, "something outside the home and the volume was touched"
+    assert set(before) <= set(contents(tree.root)), "some content was lost"
+    wanted = {ref: Link(tree(spec.dest)) if isinstance(spec, Link) else spec for ref, spec in case.backups.items()}
+    assert backed_up(tree, result) == wanted, "each conflicting entry, whole, in the reported backup"
+    return params, result
+
+
+def backed_up(tree: Tree, result: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:
+    """What each reported backup holds, keyed by the reference of the original entry."""
+    found: t.Dict[str, t.Any] = {}
+    for entry in (entry for record in result["links"] for entry in record["backups"]):
+        assert result["backup_dir"].startswith(tree.meta + "/backups/")
+        assert entry["backup"] == result["backup_dir"] + entry["path"]
+        ref = next(f"{key}:{os.path.relpath(entry['path'], tree(key + ':'))}" for key in ("vol", "home")
+                   if entry["path"].startswith(tree(key + ":") + "/"))
+        for rel, kind in snapshot(entry["backup"]).items():
+            path = os.path.join(entry["backup"], rel) if rel else entry["backup"]
+            found[os.path.join(ref, rel) if rel else ref] = (
+                DIR if kind[0] == "dir" else Link(os.readlink(path)) if kind[0] == "link" else open(path, encoding="utf-8").read()
+            )
+    return found
+
+
+# -- A grown agent state tree ----------------------------------------------------------------------
+
+ODD_NAMES = (
+    "with space", "new\nline", "tab\tname", "ünïcødé ✓ 日本語", "-rf", "--help", ".hidden", "..dots",
+    "back\\slash", "quote'\"", "*glob?[x]", "trailing space ", "n" * 200,
+)
+BAD_UTF8_NAME = b"latin1-\xe9t\xe9"  # a name that is not UTF-8
+
+
+def populate(root: str, files: int = 10000, outside_secret: t.Optional[str] = None, big: int = 0) -> None:
+    """An agent's state as it grows: nested session directories, hidden files, odd names (spaces,
+    newlines, unicode, leading dashes, non-UTF-8 bytes), symlinks inside (relative, absolute,
+    dangling, to a directory, to /etc/shadow and to ``outside_secret``), an empty file and
+    directory, read-only modes, ``files`` small files and ``big`` files of 4 MiB.  Every regular
+    file has content of its own, so a content manifest counts each once."""
+    write(os.path.join(root, "settings.json"), '{"model": "opus"}')
+    write(os.path.join(root, ".credentials.json"), '{"token": "t"}')
+    os.chmod(os.path.join(root, ".credentials.json"), 0o600)
+    for name in ODD_NAMES:
+        write(os.path.join(root, "odd", name), f"file {name}")
+        write(os.path.join(root, "odd-dirs", name, name), f"nested {name}")
+    with open(os.path.join(os.fsencode(root), b"odd", BAD_UTF8_NAME), "wb") as handle:
+        handle.write(b"not utf-8 named")
+    links = os.path.join(root, "links")
+    os.makedirs(links)
+    for name, dest in (("relative", "../settings.json"), ("absolute", os.path.join(root, "settings.json")),
+                       ("dangling", "/nonexistent/agor"), ("directory", "../odd"), ("loop", "loop"),
+                       ("shadow", "/etc/shadow"), ("secret", outside_secret or "/nonexistent/secret")):
+        os.symlink(dest, os.path.join(links, name))
+    os.makedirs(os.path.join(root, "empty-dir"))
+    open(os.path.join(root, "empty-file"), "w").close()
+    write(os.path.join(root, "read-only", "frozen.json"), "frozen")
+    os.chmod(os.path.join(root, "read-only", "frozen.json"), 0o444)
+    os.chmod(os.path.join(root, "read-only"), 0o555)
+    for index in range(files):
+        write(os.path.join(root, "projects", f"-work-p{index % 50}", f"session-{index:05d}.jsonl"), f'{{"n": {index}}}\n' * (1 + index % 7))
+    for index in range(big):
+        with open(os.path.join(root, f"big-{index}.bin"), "wb") as handle:
+            handle.write(index.to_bytes(4, "big") * (1 << 20))
+    for dirpath, _dirnames, filenames in os.walk(root):  # distinct, old modification times
+        for offset, name in enumerate(filenames):
+            stamp = 1_600_000_000_000_000_000 + offset
+            os.utime(os.path.join(dirpath, name), ns=(stamp, stamp), follow_symlinks=False)
+
+
+def shape(root: str) -> t.Dict[str, Entry]:
+    """snapshot() without directory modification times (moving entries in and out changes them)."""
+    return {rel: entry[:1] + entry[2:] if entry[0] == "dir" else entry for rel, entry in snapshot(root).items()}
+
+
+def sha256_of(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def assert_migrated_whole(tree: Tree, before_shape: t.Mapping[str, Entry], manifest: t.Counter[str]) -> None:
+    """The home's tree stands in the volume as it was (owners, modes, times, link texts), every
+    file once, nothing dereferenced, and the path is the link."""
+    source, target = tree("home:.claude"), tree("vol:.claude")
+    assert os.readlink(source) == target
+    after = shape(target)
+    assert {rel: entry for rel, entry in after.items() if rel in before_shape and rel} == {
+        rel: entry for rel, entry in before_shape.items() if rel}
+    assert tree.manifest() == manifest, "every file exactly once, home and volume together"
+    assert os.readlink(os.path.join(target, "links", "shadow")) == "/etc/shadow"
+    assert os.path.islink(os.path.join(target, "links", "directory"))
+    secret = sha256_of(tree("out:secret"))
+    assert contents(tree.volume)[secret] == 0, "a planted link's target was copied into the volume"
+    if os.access("/etc/shadow", os.R_OK):
+        assert contents(tree.volume)[sha256_of("/etc/shadow")] == 0, "/etc/shadow was copied into the volume"

@@ -6,31 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
-import typing as t
-from dataclasses import dataclass, field
 
 import pytest
 
-from agent_tree import DIR, MISSING, Link, contents, converge, run_engine, snapshot
-
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
-
-CLAUDE = {"path": "home:.claude", "target": "vol:.claude"}
+from agent_tree import CLAUDE, DIR, MISSING, Case, Link, converge_case
 CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file"}
 CLAUDE_JSON_INIT = dict(CLAUDE_JSON, initial_content="{}")
 NESTED = {"path": "home:.claude", "target": "vol:agents/claude"}
-
-
-@dataclass
-class Case:
-    id: str
-    start: t.Dict[str, t.Any]
-    actions: t.List[t.List[str]]
-    after: t.Dict[str, t.Any]
-    links: t.List[t.Dict[str, t.Any]] = field(default_factory=lambda: [CLAUDE])
-    backups: t.Dict[str, t.Any] = field(default_factory=dict)  # what each backed-up entry was
-    params: t.Dict[str, t.Any] = field(default_factory=dict)
-
 
 CASES = [
     Case("path missing", {}, [["create_directory", "link"]],
@@ -139,43 +121,12 @@ CASES = [
 ]
 
 
-def backed_up(tree, result) -> t.Dict[str, t.Any]:
-    """What each reported backup holds, keyed by the reference of the original entry."""
-    found: t.Dict[str, t.Any] = {}
-    for entry in (entry for record in result["links"] for entry in record["backups"]):
-        assert result["backup_dir"].startswith(tree.meta + "/backups/")
-        assert entry["backup"] == result["backup_dir"] + entry["path"]
-        ref = next(f"{key}:{os.path.relpath(entry['path'], tree(key + ':'))}" for key in ("vol", "home")
-                   if entry["path"].startswith(tree(key + ":") + "/"))
-        for rel, kind in snapshot(entry["backup"]).items():
-            path = os.path.join(entry["backup"], rel) if rel else entry["backup"]
-            found[os.path.join(ref, rel) if rel else ref] = (
-                DIR if kind[0] == "dir" else Link(os.readlink(path)) if kind[0] == "link" else open(path, encoding="utf-8").read()
-            )
-    return found
-
-
-def expected_backups(tree, case) -> t.Dict[str, t.Any]:
-    return {ref: Link(tree(spec.dest)) if isinstance(spec, Link) else spec for ref, spec in case.backups.items()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_present(tree, case):
-    tree.build(case.start)
-    params = tree.params(*case.links, **case.params)
-    outside, before = snapshot(tree.outside), contents(tree.root)
-
-    result = converge(params, tree.root)
-
-    assert [record["actions"] for record in result["links"]] == case.actions
-    assert result["changed"] == any(case.actions)
-    tree.expect(case.after)
+    params, result = converge_case(tree, case)
     for link in params["links"]:  # the end state every link shares
         assert os.readlink(link["path"]) == link["target"], "the path must be a single-hop absolute link to its target"
         target = os.lstat(link["target"]) if os.path.lexists(link["target"]) else None
         kind = link.get("kind", "directory")
         if kind == "directory" or target is not None:
             assert target is not None and (stat.S_ISDIR if kind == "directory" else stat.S_ISREG)(target.st_mode)
-    assert snapshot(tree.outside) == outside, "something outside the home and the volume was touched"
-    assert set(before) <= set(contents(tree.root)), "some content was lost"
-    assert backed_up(tree, result) == expected_backups(tree, case), "each conflicting entry, whole, in the reported backup"
