@@ -30,11 +30,20 @@ COLLECTIONS_ROOT = _collections_root()
 if COLLECTIONS_ROOT not in sys.path:
     sys.path.insert(0, COLLECTIONS_ROOT)
 os.environ["ANSIBLE_COLLECTIONS_PATH"] = COLLECTIONS_ROOT
+# pytest.ini's pythonpath does not apply under `ansible-test units`, which brings its own pytest config.
+SUPPORT = os.path.join(REPO, "tests", "support")
+if SUPPORT not in sys.path:
+    sys.path.insert(0, SUPPORT)
 
 
 import pytest  # noqa: E402  (after the path setup above, like the test modules)
 
 from agent_tree import Tree  # noqa: E402
+
+
+def pytest_configure(config):
+    """Register the markers pytest.ini declares, for `ansible-test units` (which ignores pytest.ini)."""
+    config.addinivalue_line("markers", "slow: long-running test (large trees, many processes)")
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ class ModuleDocFragment:
 attributes:
   check_mode:
     support: full
-    description: Reports exactly the steps a real run would take (same RV(links[].actions), same RV(changed)) and changes nothing.
+    description: Reports exactly the steps a real run would take (same RV(links[].actions), same C(changed)) and changes nothing.
   diff_mode:
     support: full
     description: Shows, per changed link, what stood at the path and at the target before and what will stand there after.

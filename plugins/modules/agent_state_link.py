@@ -27,7 +27,7 @@ description:
     C(.agent-state-link/); the second run then finds nothing to do.
   - All links are handled in one module run, so a container start pays for one module execution.
 author:
-  - Agor persistence maintainers
+  - Agor persistence maintainers (@agor-persistence)
 extends_documentation_fragment:
   - agor.persistence._attributes
 options:
@@ -149,8 +149,11 @@ notes:
 seealso:
   - module: ansible.builtin.file
     description: Creates single links, but replaces files and refuses non-empty directories instead of migrating them.
-  - role: agor.persistence.agor_persistence
-    description: Uses this module with a registry of known agents, at image build, container start and audit time.
+  - name: The agor.persistence.agor_persistence role
+    description: >-
+      Uses this module with a registry of known agents, at image build, container start and audit time
+      (C(ansible-doc -t role agor.persistence.agor_persistence)).
+    link: https://github.com/agor-persistence/agor.persistence/tree/main/roles/agor_persistence
 """
 
 EXAMPLES = r"""
@@ -257,7 +260,9 @@ links:
       description: Conflicting entries and where they went.
       type: list
       elements: dict
-      sample: [{path: /home/agor/.claude/settings.json, backup: /home/agor/.agor/.agent-state-link/backups/20261124T060000.000000Z/home/agor/.claude/settings.json}]
+      sample:
+        - path: /home/agor/.claude/settings.json
+          backup: /home/agor/.agor/.agent-state-link/backups/20261124T060000.000000Z/home/agor/.claude/settings.json
 backup_dir:
   description: The backup directory of this run, when anything was (or would be) backed up.
   returned: always

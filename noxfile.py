@@ -1,0 +1,129 @@
+# /// script
+# dependencies = ["nox>=2025.02.09", "antsibull-nox"]
+# ///
+"""Test sessions for the agor.persistence collection (antsibull-nox, as community.* collections use).
+
+antsibull-nox.toml configures the standard sessions: ``lint`` (ruff and yamllint, including the YAML in
+plugin docs), ``docs-check``, ``extra-checks``, ``build-import-check`` and ``ansible-lint``. This file adds:
+
+* ``shellcheck`` and ``changelog`` (``scripts/lint``);
+* ``sanity-X.Y`` and ``units-X.Y`` for ansible-core 2.17, 2.19 and 2.21 (``scripts/ansible-test``): they run
+  ansible-test locally in a copy of the collection under ``ansible_collections/agor/persistence`` instead of
+  antsibull-nox's container-based ansible-test sessions, which need docker images and GitHub, neither of
+  which this kind of machine reaches;
+* ``integration``: the pytest suite in tests/functional (playbook runs, real filesystems, as root in a
+  private mount namespace, through ``scripts/test``), ``packaging`` (build, install, run by FQCN);
+* ``matrix``: everything above, every ansible-core version. ``nox`` alone runs the fast default set.
+
+Run ``scripts/matrix`` (installs nox and antsibull-nox first), or ``nox -s <session>`` from that virtualenv.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import nox
+
+try:
+    import antsibull_nox
+except ImportError:
+    print("You need to install antsibull-nox in the same Python environment as nox (scripts/matrix does).")
+    sys.exit(1)
+
+antsibull_nox.load_antsibull_nox_toml()
+
+DEFAULT_CORE = "2.19"
+CORES = ("2.17", "2.19", "2.21")
+# The controller Python scripts/ansible-test picks for each: one the release supports and pyenv has here.
+CONTROLLER_PYTHON = {"2.17": "3.10", "2.19": "3.11", "2.21": "3.12"}
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "venv"
+
+
+def _script(session: nox.Session, *args: str) -> None:
+    session.run(os.path.join("scripts", args[0]), *args[1:], external=True)
+
+
+@nox.session(python=False, default=True)
+def shellcheck(session: nox.Session) -> None:
+    """ShellCheck every shell script, and the entrypoints the role renders (both flavours)."""
+    _script(session, "lint", "shellcheck")
+
+
+@nox.session(python=False, default=True)
+def changelog(session: nox.Session) -> None:
+    """antsibull-changelog lint, and CHANGELOG.md / CHANGELOG.rst up to date."""
+    _script(session, "lint", "changelog")
+
+
+def _sanity(core: str):
+    def sanity(session: nox.Session) -> None:
+        _script(session, "ansible-test", "--core", core, "sanity", "--color", "no", *session.posargs)
+
+    sanity.__doc__ = f"ansible-test sanity from ansible-core {core}, on every target Python this machine has."
+    return sanity
+
+
+def _units(core: str):
+    def units(session: nox.Session) -> None:
+        _script(
+            session, "ansible-test", "--core", core, "units", "--color", "no", "--requirements",
+            "--python", CONTROLLER_PYTHON[core], *session.posargs,
+        )
+
+    units.__doc__ = f"ansible-test units from ansible-core {core} (Python {CONTROLLER_PYTHON[core]})."
+    return units
+
+
+for _core in CORES:
+    nox.session(name=f"sanity-{_core}", python=False, default=False)(_sanity(_core))
+    nox.session(name=f"units-{_core}", python=False, default=False)(_units(_core))
+
+
+@nox.session(python=False, default=True, requires=[f"sanity-{DEFAULT_CORE}"])
+def sanity(session: nox.Session) -> None:
+    """ansible-test sanity on the default ansible-core."""
+
+
+@nox.session(python=False, default=False, requires=[f"units-{DEFAULT_CORE}"])
+def units(session: nox.Session) -> None:
+    """ansible-test units on the default ansible-core."""
+
+
+@nox.session(python=False, default=False)
+def integration(session: nox.Session) -> None:
+    """The functional tests: real trees, ansible-playbook runs, as root in a private mount namespace."""
+    _script(session, "test", "tests/functional", *session.posargs)
+
+
+@nox.session(python=False, default=False)
+def packaging(session: nox.Session) -> None:
+    """ansible-galaxy collection build and install into a fresh virtualenv, ansible-doc and the playbooks by FQCN."""
+    _script(session, "test", "tests/functional/test_packaging.py", *session.posargs)
+
+
+@nox.session(
+    python=False,
+    default=False,
+    requires=[
+        "lint",
+        "ansible-lint",
+        "shellcheck",
+        "changelog",
+        "extra-checks",
+        "docs-check",
+        "build-import-check",
+        *(f"sanity-{core}" for core in CORES),
+        *(f"units-{core}" for core in CORES),
+        "integration",
+        "packaging",
+    ],
+)
+def matrix(session: nox.Session) -> None:
+    """Every check on every ansible-core version (2.17, 2.19, 2.21)."""
+
+
+if __name__ == "__main__":
+    nox.main()
