@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import time
 import typing as t
 
@@ -78,7 +79,7 @@ def check_mounted(volume: str) -> None:
 def mount_point_of(path: str) -> str:
     """The mount point of the filesystem holding ``path``, from /proc/self/mountinfo."""
     best = "/"
-    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+    with open("/proc/self/mountinfo", "rb") as mountinfo:  # bytes: mount points need not be UTF-8
         for line in mountinfo:
             point = _unescape(line.split()[4])
             if is_within(path, point) and len(point) > len(best):
@@ -86,9 +87,10 @@ def mount_point_of(path: str) -> str:
     return best
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return field.encode("ascii", "replace").decode("unicode_escape") if "\\" in field else field
+def _unescape(field: bytes) -> str:
+    """mountinfo escapes space, tab, newline and backslash as a backslash and three octal digits;
+    the rest is the path's bytes, decoded as os functions decode paths."""
+    return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field))
 
 
 def _lock(job: Job) -> t.Tuple[int, int]:
@@ -128,12 +130,23 @@ def _backup_dir(job: Job, meta_fd: t.Optional[int]) -> str:
     if store_root is None:
         raise AssertionError("state=prepared without seed_store")
     stamp = None
-    if meta_fd is not None:
-        try:
+    peek_fd = None
+    if meta_fd is None:  # check mode: read (only) what the real run will read, to predict it exactly
+        root_fd = _fs.open_anchor(store_root)
+        if root_fd is not None:
+            try:
+                peek_fd = meta_fd = _fs.open_private_dir(root_fd, META_DIR_NAME)
+            finally:
+                os.close(root_fd)
+    try:
+        if meta_fd is not None:
             with open(PENDING_BACKUP_NAME, encoding="utf-8", opener=_nofollow_opener(meta_fd)) as pending:
                 stamp = pending.read().strip() or None
-        except FileNotFoundError:
-            pass
+    except FileNotFoundError:
+        pass
+    finally:
+        if peek_fd is not None:
+            os.close(peek_fd)
     if stamp is None:
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
