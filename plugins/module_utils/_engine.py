@@ -26,6 +26,7 @@ from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     Job,
     build_job,
     is_within,
+    printable,
 )
 
 LOCK_NAME = "lock"
@@ -208,14 +209,14 @@ def report(plan: P.JobPlan, warnings: t.Sequence[str]) -> t.Dict[str, t.Any]:
             "after": {"path": plan.job.volume, "owner": f"{plan.volume_owner[0]}:{plan.volume_owner[1]}"},
         })
     backups = sorted({step.dest for link_plan in plan.links for step in link_plan.steps if step.action in P.CONFLICT_ACTIONS})
-    return {
+    return printable({
         "changed": plan.changed,
         "links": links,
         "backup_dir": plan.backup_dir if backups else None,
         "volume_owner_changed": plan.volume_owner is not None,
         "diff": diff,
         "warnings": list(warnings),
-    }
+    })
 
 
 def _link_record(link_plan: P.LinkPlan) -> t.Dict[str, t.Any]:

@@ -25,8 +25,29 @@ CONFLICT_POLICIES = ("backup", "fail")
 META_DIR_NAME = ".agent-state-link"
 
 
+def printable(value: t.Any) -> t.Any:
+    """Strings (in lists and dicts) as a JSON result can carry them to Ansible.
+
+    os functions decode a name that is not UTF-8 with surrogate escapes; Ansible refuses a module
+    result holding one (and would report that instead of the run).  Such bytes are shown as \\xNN.
+    """
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(key): printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(item) for item in value]
+    return value
+
+
 class AgentStateLinkError(Exception):
     """A refusal or failure, with a message that names the parameter or path at fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,13 @@ class Tree:
     def meta(self) -> str:
         return os.path.join(self.volume, ".agent-state-link")
 
+    def user_view(self) -> t.Dict[str, Entry]:
+        """snapshot() of the sandbox as a user sees it: the module's bookkeeping directory (the lock a
+        refused run still took) left out, and with it the volume root's modification time."""
+        meta, volume = os.path.relpath(self.meta, self.root), os.path.relpath(self.volume, self.root)
+        return {rel: entry for rel, entry in snapshot(self.root).items()
+                if rel != volume and rel != meta and not rel.startswith(meta + "/")}
+
     def manifest(self) -> t.Counter[str]:
         """contents() of the whole sandbox, the module's lock file and staging area left out."""
         return contents(self.root, exclude=[os.path.join(self.meta, "lock"), os.path.join(self.meta, "staging")])

@@ -54,21 +54,15 @@ def build(tree, layout):
             tree.build({ref: spec})
 
 
-def user_view(tree):
-    """The whole sandbox as a user sees it: the module's bookkeeping (its lock) left out."""
-    return {rel: entry for rel, entry in snapshot(tree.root).items()
-            if not rel.startswith("home/agor/.agor/.agent-state-link") and rel != "home/agor/.agor"}
-
-
 @pytest.mark.parametrize("layout, links, overrides, message", [case[1:] for case in REFUSALS], ids=[case[0] for case in REFUSALS])
 @pytest.mark.parametrize("check_mode", [False, True], ids=["real", "check"])
 def test_refused_with_nothing_changed(tree, layout, links, overrides, message, check_mode):
     build(tree, layout)
-    before, whole = user_view(tree), snapshot(tree.root)
+    before, whole = tree.user_view(), snapshot(tree.root)
     with pytest.raises(AgentStateLinkError) as excinfo:
         run_engine(tree.params(*links, **overrides), check_mode=check_mode)
     assert message.format(home=tree.home, vol=tree.volume) in str(excinfo.value)
-    assert user_view(tree) == before
+    assert tree.user_view() == before
     if check_mode:
         assert snapshot(tree.root) == whole
 
