@@ -15,13 +15,11 @@ import sys
 
 import pytest
 
-from agent_tree import CLAUDE, Link, outline, snapshot
+from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, Link, outline, snapshot
 
 from ansible_collections.agor.persistence.plugins.module_utils._engine import mount_point_of
 
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file", "initial_content": "{}"}
-CODEX = {"path": "home:.codex", "target": "vol:.codex"}
 
 
 def play(tree, workdir, module_args, *options):
@@ -67,6 +65,7 @@ def workdir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("ansible"))
 
 
+@pytest.mark.slow  # three ansible-playbook runs
 def test_check_diff_real_and_rerun(tree, workdir):
     tree.build({
         "home:.claude/projects/-work/s.jsonl": "S", "home:.claude/settings.json": "home",  # migrated, one conflict

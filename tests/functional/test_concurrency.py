@@ -12,10 +12,7 @@ import subprocess
 
 import pytest
 
-from agent_tree import CLAUDE, contents, engine_command, engine_env, outline, populate, run_engine, write
-
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file", "initial_content": "{}"}
-CODEX = {"path": "home:.codex", "target": "vol:.codex"}
+from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, contents, engine_command, engine_env, outline, populate, run_engine, write
 
 
 @pytest.mark.parametrize("runs", [2, 4])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from agent_tree import CLAUDE, assert_migrated_whole, converge, populate, shape, write
+from agent_tree import CLAUDE, Link, assert_migrated_whole, converge, populate, shape, write
 
 
 def test_ten_thousand_files_copied_across_filesystems(tmpfs_tree):
@@ -40,3 +40,19 @@ def test_file_copied_across_filesystems(tmpfs_tree):
 
     assert os.readlink(tree("home:.claude.json")) == tree("vol:.claude.json")
     assert shape(tree("vol:.claude.json"))[""] == before
+
+
+def test_absent_copies_back_across_filesystems(tmpfs_tree):
+    """The rollback copies the volume's tree back into the home (another filesystem); the volume keeps it."""
+    tree = tmpfs_tree
+    populate(tree("vol:.claude"), files=300)
+    tree.build({"home:.claude": Link("vol:.claude")})
+    volume_shape = shape(tree("vol:.claude"))
+
+    result = converge(tree.params(CLAUDE, state="absent"), tree.root)
+
+    assert result["links"][0]["actions"] == ["restore"]
+    assert not os.path.islink(tree("home:.claude"))
+    assert shape(tree("home:.claude")) == volume_shape, "a whole copy, owners, modes, times and links included"
+    assert shape(tree("vol:.claude")) == volume_shape
+    assert os.stat(tree("home:.claude")).st_dev != os.stat(tree("vol:.claude")).st_dev

@@ -11,9 +11,7 @@ import subprocess
 
 import pytest
 
-from agent_tree import CLAUDE, Tree, contents, engine_command, engine_env, outline, populate, run_engine, write
-
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file", "initial_content": "{}"}
+from agent_tree import CLAUDE, CLAUDE_JSON, Tree, contents, engine_command, engine_env, migration_phase, outline, populate, run_engine, write
 
 
 def sandbox(base, name, mount):
@@ -34,18 +32,6 @@ def release(tree):
     """Unmount an attempt's filesystems at once (the mount fixture would only at teardown): tmpfs is memory."""
     for point in (tree.volume, tree.home):
         subprocess.run(["umount", point], check=True)
-
-
-def phase(tree):
-    """Where the kill landed, told from what it left."""
-    staging = os.path.join(tree.meta, "staging")
-    if os.path.islink(tree("home:.claude")):
-        return "linked"
-    if os.path.isdir(staging) and os.listdir(staging):
-        return "copies staged"
-    if os.path.isdir(tree("vol:.claude/projects")):
-        return "copies in place, sources not all removed"
-    return "nothing moved yet"
 
 
 def start(params):
@@ -80,7 +66,7 @@ def test_killed_at_any_moment_then_rerun_loses_nothing(tmp_path, mount):
             assert process.returncode == 0, process.stderr.read()
             assert_whole(tree, params, manifest)
             break
-        phases.setdefault(phase(tree), []).append(round(delay, 3))
+        phases.setdefault(migration_phase(tree), []).append(round(delay, 3))
 
         predicted = run_engine(params, check_mode=True)
         result = run_engine(params)

@@ -10,14 +10,13 @@ import pwd
 
 import pytest
 
-from agent_tree import CLAUDE, Link, converge, run_engine, snapshot
+from agent_tree import CLAUDE, CLAUDE_JSON, Link, converge, run_engine, snapshot
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
 pytestmark = pytest.mark.usefixtures("as_root")
 
 USER, GROUP = "daemon", "nogroup"  # present on Debian and its images; nothing of theirs is touched
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file", "initial_content": "{}"}
 
 
 @pytest.fixture

@@ -226,6 +226,9 @@ def engine_env() -> t.Dict[str, str]:
 # -- Table-driven starting states ----------------------------------------------------------------
 
 CLAUDE = {"path": "home:.claude", "target": "vol:.claude"}
+CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file", "initial_content": "{}"}  # as the role's registry
+CLAUDE_JSON_BARE = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file"}  # no initial_content
+CODEX = {"path": "home:.codex", "target": "vol:.codex"}
 
 
 @dataclass
@@ -346,3 +349,15 @@ def assert_migrated_whole(tree: Tree, before_shape: t.Mapping[str, Entry], manif
     assert contents(tree.volume)[secret] == 0, "a planted link's target was copied into the volume"
     if os.access("/etc/shadow", os.R_OK):
         assert contents(tree.volume)[sha256_of("/etc/shadow")] == 0, "/etc/shadow was copied into the volume"
+
+
+def migration_phase(tree: Tree) -> str:
+    """Where a kill of a run migrating ``home:.claude`` (with a projects/ directory) landed, told from what it left."""
+    staging = os.path.join(tree.meta, "staging")
+    if os.path.islink(tree("home:.claude")):
+        return "linked"
+    if os.path.isdir(staging) and os.listdir(staging):
+        return "copies staged"
+    if os.path.isdir(tree("vol:.claude/projects")):
+        return "copies in place, sources not all removed"
+    return "nothing moved yet"

@@ -9,9 +9,8 @@ import stat
 
 import pytest
 
-from agent_tree import CLAUDE, DIR, MISSING, Case, Link, converge_case
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file"}
-CLAUDE_JSON_INIT = dict(CLAUDE_JSON, initial_content="{}")
+from agent_tree import CLAUDE, CLAUDE_JSON, CLAUDE_JSON_BARE, DIR, MISSING, Case, Link, converge_case
+
 NESTED = {"path": "home:.claude", "target": "vol:agents/claude"}
 
 CASES = [
@@ -46,24 +45,35 @@ CASES = [
          [["move", "drop_duplicate", "backup", "link"]],
          {"home:.claude": Link("vol:.claude"), "vol:.claude/new": "n", "vol:.claude/same": "s", "vol:.claude/settings.json": "volume"},
          backups={"home:.claude/settings.json": "home"}),
+    Case("wrong kinds inside a directory",
+         {"home:.claude/projects/a.jsonl": "A", "vol:.claude/projects": "a file", "home:.claude/todos": "a file", "vol:.claude/todos/t.json": "T"},
+         [["backup", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/projects": "a file", "vol:.claude/todos/t.json": "T"},
+         backups={"home:.claude/projects": DIR, "home:.claude/projects/a.jsonl": "A", "home:.claude/todos": "a file"}),
+    Case("links inside a directory: the same one dropped, another one backed up",
+         {"home:.claude/same": Link("/etc/hostname"), "vol:.claude/same": Link("/etc/hostname"),
+          "home:.claude/other": Link("../mine"), "vol:.claude/other": Link("../theirs")},
+         [["backup", "drop_duplicate", "link"]],
+         {"home:.claude": Link("vol:.claude"), "vol:.claude/same": Link("/etc/hostname"), "vol:.claude/other": Link("../theirs")},
+         backups={"home:.claude/other": Link("../mine")}),
     Case("real file into a missing target", {"home:.claude.json": '{"a": 1}'}, [["move", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"a": 1}'}, links=[CLAUDE_JSON_INIT]),
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"a": 1}'}, links=[CLAUDE_JSON]),
     Case("file identical to the volume's", {"home:.claude.json": "same", "vol:.claude.json": "same"}, [["drop_duplicate", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "same"}, links=[CLAUDE_JSON]),
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "same"}, links=[CLAUDE_JSON_BARE]),
     Case("conflicting file", {"home:.claude.json": "home", "vol:.claude.json": "volume"}, [["backup", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "volume"}, links=[CLAUDE_JSON],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "volume"}, links=[CLAUDE_JSON_BARE],
          backups={"home:.claude.json": "home"}),
     Case("file in the home where a directory is expected", {"home:.claude": "oops"}, [["create_directory", "backup", "link"]],
          {"home:.claude": Link("vol:.claude"), "vol:.claude": DIR}, backups={"home:.claude": "oops"}),
     Case("directory in the home where a file is expected", {"home:.claude.json/x": "X"}, [["backup", "create_file", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON],
          backups={"home:.claude.json": DIR, "home:.claude.json/x": "X"}),
     Case("file in the volume where the target directory goes", {"home:.claude/s": "S", "vol:.claude": "stray"},
          [["backup_volume_entry", "create_directory", "move", "link"]],
          {"home:.claude": Link("vol:.claude"), "vol:.claude/s": "S"}, backups={"vol:.claude": "stray"}),
     Case("directory in the volume where the target file goes", {"home:.claude.json": "mine", "vol:.claude.json/x": "X"},
          [["backup_volume_entry", "move", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine"}, links=[CLAUDE_JSON],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine"}, links=[CLAUDE_JSON_BARE],
          backups={"vol:.claude.json": DIR, "vol:.claude.json/x": "X"}),
     Case("target is a link to a directory outside the volume", {"out:dir/keep": "K", "vol:.claude": Link("out:dir"), "home:.claude/s": "S"},
          [["backup_volume_entry", "create_directory", "move", "link"]],
@@ -71,7 +81,7 @@ CASES = [
          backups={"vol:.claude": Link("out:dir")}),
     Case("file target is a link to a file outside the volume", {"out:secret": "secret", "vol:.claude.json": Link("out:secret"), "home:.claude.json": "mine"},
          [["backup_volume_entry", "move", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine", "out:secret": "secret"}, links=[CLAUDE_JSON],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "mine", "out:secret": "secret"}, links=[CLAUDE_JSON_BARE],
          backups={"vol:.claude.json": Link("out:secret")}),
     Case("right link, but the target is a link outside the volume", {"out:dir/keep": "K", "vol:.claude": Link("out:dir"), "home:.claude": Link("vol:.claude")},
          [["backup_volume_entry", "create_directory"]],
@@ -84,9 +94,9 @@ CASES = [
          [["backup_volume_entry", "create_directory", "move", "link"]],
          {"home:.claude": Link("vol:agents/claude"), "vol:agents/claude/s": "S"}, links=[NESTED], backups={"vol:agents": "stray"}),
     Case("file link with initial_content, nothing there", {}, [["create_file", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT]),
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON]),
     Case("file link without initial_content, nothing there", {}, [["link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": MISSING}, links=[CLAUDE_JSON]),
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": MISSING}, links=[CLAUDE_JSON_BARE]),
     Case("missing home parents", {}, [["create_directory", "create_home_directory", "link"]],
          {"home:.local": DIR, "home:.local/share/opencode": Link("vol:opencode"), "vol:opencode": DIR},
          links=[{"path": "home:.local/share/opencode", "target": "vol:opencode"}]),
@@ -102,22 +112,22 @@ CASES = [
          [["create_directory", "move", "link"]],
          {"vol:.claude/s": "S", "vol:.claude/settings.json": MISSING}, params={"seed_store": "seed:"}),
     Case("seed fills a missing file target before initial_content", {"seed:.claude.json": '{"seed": 1}'}, [["seed", "link"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"seed": 1}'}, links=[CLAUDE_JSON_INIT],
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": '{"seed": 1}'}, links=[CLAUDE_JSON],
          params={"seed_store": "seed:"}),
     Case("seed never overwrites a file target", {"vol:.claude.json": "user", "seed:.claude.json": "seeded"}, [["link"]],
-         {"vol:.claude.json": "user"}, links=[CLAUDE_JSON], params={"seed_store": "seed:"}),
+         {"vol:.claude.json": "user"}, links=[CLAUDE_JSON_BARE], params={"seed_store": "seed:"}),
     # The image build (state=prepared) leaves the right link, dangling; the first start fills the target.
     Case("prepared link, seed fills the missing target", {"home:.claude": Link("vol:.claude"), "seed:.claude/settings.json": "seeded"},
          [["create_directory", "seed"]],
          {"home:.claude": Link("vol:.claude"), "vol:.claude/settings.json": "seeded"}, params={"seed_store": "seed:"}),
     Case("prepared file link, initial_content creates the target", {"home:.claude.json": Link("vol:.claude.json")}, [["create_file"]],
-         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON_INIT]),
+         {"home:.claude.json": Link("vol:.claude.json"), "vol:.claude.json": "{}"}, links=[CLAUDE_JSON]),
     Case("several links at once",
          {"home:.claude/s": "S", "home:.claude.json": "{}", "home:.codex": Link("out:dir")},
          [["create_directory", "move", "link"], ["move", "link"], ["create_directory", "link"]],
          {"home:.claude": Link("vol:.claude"), "home:.claude.json": Link("vol:.claude.json"), "home:.codex": Link("vol:.codex"),
           "vol:.claude/s": "S", "vol:.claude.json": "{}", "vol:.codex": DIR},
-         links=[CLAUDE, CLAUDE_JSON_INIT, {"path": "home:.codex", "target": "vol:.codex"}]),
+         links=[CLAUDE, CLAUDE_JSON, {"path": "home:.codex", "target": "vol:.codex"}]),
 ]
 
 

@@ -9,15 +9,14 @@ import time
 
 import pytest
 
-from agent_tree import CLAUDE, Link, run_engine, snapshot
+from agent_tree import CLAUDE, CLAUDE_JSON_BARE, Link, run_engine, snapshot
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
-CLAUDE_JSON = {"path": "home:.claude.json", "target": "vol:.claude.json", "kind": "file"}
 FAIL = {"conflict": "fail"}
 
 REFUSALS = [
-    ("conflict=fail, conflicting file", {"home:.claude.json": "home", "vol:.claude.json": "volume"}, [CLAUDE_JSON], FAIL,
+    ("conflict=fail, conflicting file", {"home:.claude.json": "home", "vol:.claude.json": "volume"}, [CLAUDE_JSON_BARE], FAIL,
      "conflict=fail: 1 conflict(s), nothing changed: {home}/.claude.json (differs from the volume copy)"),
     ("conflict=fail, conflict deep in a directory", {"home:.claude/a/b/c.json": "home", "vol:.claude/a/b/c.json": "volume", "home:.claude/new": "n"},
      [CLAUDE], FAIL, "conflict=fail: 1 conflict(s), nothing changed: {home}/.claude/a/b/c.json (differs from the volume copy)"),
@@ -29,7 +28,7 @@ REFUSALS = [
      [{"path": "home:.claude", "target": "vol:agents/claude"}], FAIL,
      "conflict=fail: 1 conflict(s), nothing changed: {vol}/agents (volume entry in the way)"),
     ("conflict=fail, every conflict of every link listed", {"home:.claude.json": "home", "vol:.claude.json": "volume", "vol:.claude": "stray"},
-     [CLAUDE, CLAUDE_JSON], FAIL, "conflict=fail: 2 conflict(s), nothing changed: {vol}/.claude (volume entry in the way); {home}/.claude.json"),
+     [CLAUDE, CLAUDE_JSON_BARE], FAIL, "conflict=fail: 2 conflict(s), nothing changed: {vol}/.claude (volume entry in the way); {home}/.claude.json"),
     ("FIFO at the path", {"fifo:home:.claude": None}, [CLAUDE], {},
      "{home}/.claude: is a socket, FIFO or device; move it away, it cannot be migrated"),
     ("FIFO inside a directory to migrate", {"home:.claude/a": "A", "fifo:home:.claude/sub/pipe": None}, [CLAUDE], {},
