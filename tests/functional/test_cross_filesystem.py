@@ -9,8 +9,10 @@ import os
 from agent_tree import CLAUDE, Link, assert_migrated_whole, converge, populate, shape, write
 
 
-def test_ten_thousand_files_copied_across_filesystems(tmpfs_tree):
-    tree = tmpfs_tree
+def test_ten_thousand_files_copied_across_filesystems(tree, mount):
+    mount(tree.home)  # two tmpfs: across filesystems, and the syncs never wait for a disk
+    os.makedirs(tree.volume)
+    mount(tree.volume)
     write(tree("out:secret"), "planted secret")
     source = tree("home:.claude")
     populate(source, files=10000, outside_secret=tree("out:secret"), big=2)
