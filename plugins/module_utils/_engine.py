@@ -59,6 +59,8 @@ def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, 
             finally:
                 warnings = executor.warnings
                 executor.close()
+        if meta_fd is not None:
+            _discard_pending_backup(meta_fd)  # an interrupted run's backup is complete once a run succeeds
         return report(plan, warnings)
     finally:
         if lock_fd is not None:
@@ -170,6 +172,15 @@ def _with_pending_backup(plan: P.JobPlan, meta_fd: t.Optional[int], action: t.Ca
         os.fsync(pending.fileno())
     action()
     os.unlink(PENDING_BACKUP_NAME, dir_fd=meta_fd)
+
+
+def _discard_pending_backup(meta_fd: int) -> None:
+    """Left in place, a record would send every later run's backups into the same directory,
+    where a second conflict on the same path would then refuse the run."""
+    try:
+        os.unlink(PENDING_BACKUP_NAME, dir_fd=meta_fd)
+    except FileNotFoundError:
+        pass
 
 
 def _refuse_conflicts(plan: P.JobPlan) -> None:

@@ -257,6 +257,10 @@ class Planner:
         if link.kind == "file":
             if not store_exists:
                 plan.steps.append(Step(MOVE, link.path, plan.store))
+                st = _fs.lstat_at(home_fd, name)
+                if st is not None and (st.st_uid, st.st_gid) != (link.uid, link.gid):
+                    # The moved file is the target now: owned by the link's owner, or the next run re-owns it.
+                    plan.steps.append(Step(SET_OWNER, plan.store))
                 return True
             plan.steps.extend(self._plan_entry(home_fd, name, link.path, plan.store))
             return False
