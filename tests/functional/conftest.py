@@ -55,3 +55,13 @@ def tmpfs_tree(tree, mount):
     mount(tree.volume)
     assert os.stat(tree.volume).st_dev != os.stat(tree.home).st_dev
     return tree
+
+
+@pytest.fixture(scope="session")
+def agor_user():
+    """The role's default account (agor, uid 1001 when free), created on the host if missing."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as CI runs the suite (scripts/test as root): creates the agor account")
+    from container import ensure_user
+
+    return ensure_user("agor", uid=1001)
