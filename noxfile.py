@@ -11,9 +11,11 @@ plugin docs), ``docs-check``, ``extra-checks``, ``build-import-check`` and ``ans
   ansible-test locally in a copy of the collection under ``ansible_collections/agor/persistence`` instead of
   antsibull-nox's container-based ansible-test sessions, which need docker images and GitHub, neither of
   which this kind of machine reaches;
-* ``integration``: the pytest suite in tests/functional (playbook runs, real filesystems, as root in a
-  private mount namespace, through ``scripts/test``), ``packaging`` (build, install, run by FQCN);
-* ``matrix``: everything above, every ansible-core version. ``nox`` alone runs the fast default set.
+* ``integration``: pytest of tests/functional and tests/reliability (playbook runs, real filesystems, crashes,
+  as root in a private mount namespace, through ``scripts/test``), ``packaging`` (build, install, run by FQCN);
+* ``matrix``: everything above, every ansible-core version. ``nox`` alone runs the fast default set
+  (everything but the ansible-core 2.17 and 2.21 sessions, ``integration`` and ``packaging``, which
+  ``scripts/test`` runs as part of its pytest run).
 
 Run ``scripts/matrix`` (installs nox and antsibull-nox first), or ``nox -s <session>`` from that virtualenv.
 """
@@ -58,6 +60,12 @@ def changelog(session: nox.Session) -> None:
     _script(session, "lint", "changelog")
 
 
+@nox.session(name="no-sanity-ignores", python=False, default=True)
+def no_sanity_ignores(session: nox.Session) -> None:
+    """tests/sanity/ holds no ignore-*.txt or skip-*.txt: ansible-test sanity passes as is."""
+    _script(session, "lint", "no-sanity-ignores")
+
+
 def _sanity(core: str):
     def sanity(session: nox.Session) -> None:
         _script(session, "ansible-test", "--core", core, "sanity", "--color", "no", *session.posargs)
@@ -87,15 +95,16 @@ def sanity(session: nox.Session) -> None:
     """ansible-test sanity on the default ansible-core."""
 
 
-@nox.session(python=False, default=False, requires=[f"units-{DEFAULT_CORE}"])
+@nox.session(python=False, default=True, requires=[f"units-{DEFAULT_CORE}"])
 def units(session: nox.Session) -> None:
     """ansible-test units on the default ansible-core."""
 
 
 @nox.session(python=False, default=False)
 def integration(session: nox.Session) -> None:
-    """The functional tests: real trees, ansible-playbook runs, as root in a private mount namespace."""
-    _script(session, "test", "tests/functional", *session.posargs)
+    """pytest of tests/functional and tests/reliability: real trees, playbook runs, crashes, as root in a mount namespace."""
+    # tests/unit runs in the units-X.Y sessions, test_packaging.py in the packaging session.
+    _script(session, "test", "tests/functional", "tests/reliability", "--ignore=tests/functional/test_packaging.py", *session.posargs)
 
 
 @nox.session(python=False, default=False)
@@ -112,6 +121,7 @@ def packaging(session: nox.Session) -> None:
         "ansible-lint",
         "shellcheck",
         "changelog",
+        "no-sanity-ignores",
         "extra-checks",
         "docs-check",
         "build-import-check",

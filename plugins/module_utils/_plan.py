@@ -230,7 +230,8 @@ class Planner:
                         plan.steps.extend(self._once(Step(CREATE_DIRECTORY, current)))
                     continue
                 if is_target:
-                    assert st is not None and fd is not None
+                    if st is None or fd is None:
+                        raise AssertionError("target reached without its status")
                     if (st.st_uid, st.st_gid) != (link.uid, link.gid):
                         plan.steps.append(Step(SET_OWNER, current))
                     return True
@@ -252,7 +253,8 @@ class Planner:
 
     def _plan_migration(self, plan: LinkPlan, home_fd: t.Optional[int], name: str, store_exists: bool) -> bool:
         """Plan moving the home copy into the store; return True when anything moves in."""
-        assert home_fd is not None
+        if home_fd is None:
+            raise AssertionError("migration planned without the home directory")
         link = plan.link
         if link.kind == "file":
             if not store_exists:
@@ -279,7 +281,8 @@ class Planner:
 
     def _open_store(self, plan: LinkPlan) -> int:
         fd = _fs.walk_at(self._require_anchor(self.store_root, "volume"), self.job.relative_target(plan.link).split("/"))
-        assert fd is not None
+        if fd is None:
+            raise AssertionError("the store directory vanished")
         return fd
 
     def _plan_dir_merge(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> t.List[Step]:
@@ -438,4 +441,3 @@ class Planner:
 
 def _points_to(description: str, target: str) -> bool:
     return os.path.normpath(description[len("link to "):]) == target
-

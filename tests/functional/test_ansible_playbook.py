@@ -44,7 +44,7 @@ def play(tree, workdir, module_args, *options):
     env = dict(os.environ, ANSIBLE_HOME=os.path.join(workdir, "ansible-home"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0")
     completed = subprocess.run([ANSIBLE_PLAYBOOK, path, *options], env=env, capture_output=True, text=True, timeout=300,
-                               cwd=workdir)
+                               cwd=workdir, check=False)
     result = None
     if os.path.exists(results):
         with open(results, encoding="utf-8") as handle:

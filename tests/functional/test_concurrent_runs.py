@@ -26,7 +26,7 @@ def test_runs_at_once_serialize(tmpfs_tree, runs):
     predicted = run_engine(params, check_mode=True)
 
     processes = [subprocess.Popen(engine_command(params), env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for _ in range(runs)]
+                 for dummy in range(runs)]
     outputs = [process.communicate(timeout=300) for process in processes]
 
     assert [process.returncode for process in processes] == [0] * runs, [err.decode() for _out, err in outputs]

@@ -24,14 +24,12 @@ BIN = os.path.dirname(sys.executable)
 pytestmark = pytest.mark.slow
 
 
-def run(argv, **kwargs):
-    kwargs.setdefault("check", True)
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    try:
-        return subprocess.run(argv, **kwargs)
-    except subprocess.CalledProcessError as exc:
-        raise AssertionError(f"{argv} exited with {exc.returncode}\nstdout:\n{exc.stdout}\nstderr:\n{exc.stderr}") from None
+def run(argv, check=True, **kwargs):
+    """Run argv, capturing its output; with check, fail the test with that output when it exits non-zero."""
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} exited with {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
 
 
 @pytest.fixture(scope="module")

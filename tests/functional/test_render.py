@@ -80,7 +80,7 @@ def test_ansible_flavour(tmp_path):
 
 def test_ansible_flavour_through_ansible_pull(tmp_path):
     files = render(str(tmp_path), "ansible", {"agor_persistence_pull_url": "https://git.example/agor.persistence.git",
-                                             "agor_persistence_pull_version": "v1.2"})
+                                              "agor_persistence_pull_version": "v1.2"})
     docker = _instructions(files["Dockerfile.agor-persistence"])
     assert " git" in docker[_index(docker, "apt-get install")], "ansible-pull needs git in the image"
     entry = files["agor-persistence-entrypoint"]

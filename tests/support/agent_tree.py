@@ -210,7 +210,7 @@ def converge(params: t.Mapping[str, t.Any], root: str) -> t.Dict[str, t.Any]:
     for check_mode in (True, False):
         again = run_engine(params, check_mode=check_mode)
         assert not again["changed"], f"second run (check_mode={check_mode}) still changes: {outline(again)}"
-        assert [record["actions"] for record in again["links"]] == [[] for _ in again["links"]]
+        assert [record["actions"] for record in again["links"]] == [[]] * len(again["links"])
     return result
 
 
