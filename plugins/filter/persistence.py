@@ -22,6 +22,13 @@ def _relative(value: str, name: str) -> str:
     return rel
 
 
+def _absolute(value: t.Any, name: str) -> str:
+    """The module would refuse a relative path too, but naming its own parameter, not the role's variable."""
+    if not isinstance(value, str) or not posixpath.isabs(value):
+        raise AnsibleFilterError(f"{name}: {value!r} must be an absolute path")
+    return value
+
+
 def _entries(registry: t.Mapping[str, t.Any], agents: t.Sequence[str], variable: str) -> t.List[t.Mapping[str, t.Any]]:
     unknown = [agent for agent in agents if agent not in registry]
     if unknown:
@@ -57,6 +64,8 @@ def state_links(
     extra_links: t.Sequence[t.Mapping[str, t.Any]] = (),
 ) -> t.List[t.Dict[str, t.Any]]:
     """Every link for the primary user, each further user, and the site's extra links."""
+    _absolute(home, "agor_persistence_home")
+    _absolute(volume, "agor_persistence_volume")
     links = [
         _link(home, volume, entry, user, group, "agor_persistence_agents")
         for entry in _entries(registry, agents, "agor_persistence_agents")
@@ -66,7 +75,7 @@ def state_links(
         if not isinstance(account, t.Mapping) or not account.get("name"):
             raise AnsibleFilterError(f"{where}: each further user needs at least a name")
         name = account["name"]
-        account_home = account.get("home") or f"/home/{name}"
+        account_home = _absolute(account.get("home") or f"/home/{name}", where + ".home")
         target_root = posixpath.join(volume, USERS_SUBDIR, name)
         for entry in _entries(registry, account.get("agents", agents), where + ".agents"):
             links.append(_link(account_home, target_root, entry, name, account.get("group") or name, where))

@@ -8,7 +8,7 @@ Private to the agor.persistence collection.
 
 Moves into the volume first try rename(); across filesystems (always the case from an image
 layer, which fails with EXDEV) the entry is copied into a private staging directory on the
-volume, the filesystem is synced, the copy is renamed into place, synced again, and only then
+volume, the volume's filesystem is synced, the copy is renamed into place, synced again, and only then
 is the source removed, and only the parts recorded as copied and unchanged since.  A rerun
 after a kill finds either the source intact (staging is discarded) or the copy in place, in
 which case the source is an identical duplicate and is dropped.
@@ -216,7 +216,7 @@ class Executor:
                 _fs.Copier().copy(src_fd, src_name, parent_fd, tmp)
             finally:
                 os.close(src_fd)
-            os.sync()
+            _fs.sync_filesystem(parent_fd)
 
         self._replace_link_with(step.path, link_plan.link, copy_target)
 
@@ -282,10 +282,10 @@ class Executor:
                 os.close(src_fd)
         if not staged:
             return
-        os.sync()  # every copy durable before it becomes visible
+        _fs.sync_filesystem(self._staging())  # every copy durable before it becomes visible
         for name, step, _manifest in staged:
             self._rename_into_place(name, step.dest, link)
-        os.sync()  # every copy durable in place before any source goes
+        _fs.sync_filesystem(self._staging())  # every copy durable in place before any source goes
         for _name, step, manifest in staged:
             src_fd, src_name = self._parent(step.path, link)
             try:
@@ -301,7 +301,7 @@ class Executor:
             copier.copy(src_fd, src_name, self._staging(), name)
         finally:
             os.close(src_fd)
-        os.sync()
+        _fs.sync_filesystem(self._staging())
         self._rename_into_place(name, dest, link)
 
     def _rename_into_place(self, staged_name: str, dest: str, link: LinkSpec) -> None:

@@ -38,24 +38,35 @@ PENDING_BACKUP_NAME = "pending-backup"
 def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, t.Any]:
     """Bring every link to the requested state (or, in check mode, report what that would do)."""
     job = build_job(params)
+    try:
+        return _run(job, check_mode)
+    except OSError as exc:  # taking the lock, planning or a step: name the cause (no space, read-only, permission)
+        raise AgentStateLinkError(describe_os_error(exc)) from exc
+
+
+def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
     if job.require_mount and job.state != "prepared":
         check_mounted(job.volume)
     lock_fd = None if check_mode or job.state == "prepared" else _lock(job)
+    shared_fd = _share_lock(job) if check_mode and job.state != "prepared" else None
     try:
         meta_fd = None if lock_fd is None else lock_fd[1]
-        planner = P.Planner(job, _backup_dir(job, meta_fd))
         try:
-            plan = planner.plan()
-        finally:
-            planner.close()
+            plan = _plan(job, meta_fd)
+        except OSError:
+            if not check_mode or shared_fd is not None:
+                raise
+            # The tree changed under an audit: a first start took the lock meanwhile. Wait for it, plan again.
+            shared_fd = _share_lock(job)
+            if shared_fd is None:
+                raise
+            plan = _plan(job, meta_fd)
         _refuse_conflicts(plan)
         warnings: t.List[str] = []
         if not check_mode and plan.changed:
             executor = Executor(plan)
             try:
                 _with_pending_backup(plan, meta_fd, executor.run)
-            except OSError as exc:
-                raise AgentStateLinkError(describe_os_error(exc)) from exc
             finally:
                 warnings = executor.warnings
                 executor.close()
@@ -66,6 +77,16 @@ def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, 
         if lock_fd is not None:
             os.close(lock_fd[0])
             os.close(lock_fd[1])
+        if shared_fd is not None:
+            os.close(shared_fd)
+
+
+def _plan(job: Job, meta_fd: t.Optional[int]) -> P.JobPlan:
+    planner = P.Planner(job, _backup_dir(job, meta_fd))
+    try:
+        return planner.plan()
+    finally:
+        planner.close()
 
 
 def check_mounted(volume: str) -> None:
@@ -110,22 +131,56 @@ def _lock(job: Job) -> t.Tuple[int, int]:
     except BaseException:
         os.close(meta_fd)
         raise
+    try:
+        _wait_for_lock(job, lock_fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(lock_fd)
+        os.close(meta_fd)
+        raise
+    clear_staging(meta_fd)
+    return lock_fd, meta_fd
+
+
+def _share_lock(job: Job) -> t.Optional[int]:
+    """Check mode: wait until no run holds the volume's lock, then hold it shared while planning, so
+    that an audit never reads a tree that a start is migrating.  Creates nothing (check mode changes
+    nothing): without a bookkeeping directory of ours and a lock in it, returns None."""
+    volume_fd = _fs.open_anchor(job.volume)
+    if volume_fd is None:
+        return None
+    try:
+        meta_fd = _fs.open_private_dir(volume_fd, META_DIR_NAME)
+    finally:
+        os.close(volume_fd)
+    if meta_fd is None:
+        return None
+    try:
+        lock_fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=meta_fd)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(meta_fd)
+    try:
+        _wait_for_lock(job, lock_fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return lock_fd
+
+
+def _wait_for_lock(job: Job, lock_fd: int, operation: int) -> None:
     deadline = time.monotonic() + job.lock_timeout
     while True:
         try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
+            fcntl.flock(lock_fd, operation | fcntl.LOCK_NB)
+            return
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                os.close(lock_fd)
-                os.close(meta_fd)
                 raise AgentStateLinkError(
                     f"lock_timeout: another agent_state_link run still holds {job.volume}/{META_DIR_NAME}/{LOCK_NAME} "
                     f"after {job.lock_timeout:g} s"
                 ) from None
             time.sleep(0.05)
-    clear_staging(meta_fd)
-    return lock_fd, meta_fd
 
 
 def _backup_dir(job: Job, meta_fd: t.Optional[int]) -> str:
@@ -203,6 +258,11 @@ def describe_os_error(exc: OSError) -> str:
         errno.EROFS: "read-only filesystem",
         errno.EACCES: "permission denied",
         errno.EPERM: "operation not permitted",
+        # Somebody changed the tree while the run used it (a link planted between check and use, ...).
+        errno.ELOOP: "a symlink stands where a directory was expected (not followed)",
+        errno.ENOTDIR: "a symlink or a file stands where a directory was expected (not followed)",
+        errno.EEXIST: "an entry appeared there while the run was using the name",
+        errno.ENOTEMPTY: "a directory there is not empty (changed while the run was using it)",
     }
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" at {exc.filename}" if exc.filename else ""

@@ -220,7 +220,7 @@ class Planner:
                     plan.target_before = describe_at(fd, part)
                 wanted = link.kind if is_target else "directory"
                 if kind not in ("missing", wanted):
-                    plan.steps.extend(self._once(Step(BACKUP_VOLUME_ENTRY, current, backup_location(self.backup_dir, current))))
+                    plan.steps.extend(self._once(Step(BACKUP_VOLUME_ENTRY, current, self._free_backup_location(current))))
                     kind = "missing"
                 if kind == "missing":
                     if fd is not None:
@@ -352,9 +352,7 @@ class Planner:
     def _plan_backup(self, src_fd: int, name: str, src_path: str) -> t.List[Step]:
         """Back up a home entry; an earlier interrupted run's partial backup is completed, not repeated."""
         dest = backup_location(self.backup_dir, src_path)
-        rel_parts = os.path.relpath(os.path.dirname(dest), os.path.join(self.store_root, META_DIR_NAME)).split("/")
-        meta_fd = self.meta_fd()
-        parent_fd = None if meta_fd is None else _fs.walk_at(meta_fd, rel_parts)
+        parent_fd = self._backup_parent(dest)
         if parent_fd is None or _fs.lstat_at(parent_fd, name) is None:
             if parent_fd is not None:
                 os.close(parent_fd)
@@ -364,9 +362,33 @@ class Planner:
             steps = self._plan_existing(src_fd, name, src_path, parent_fd, name, dest)
         finally:
             os.close(parent_fd)
-        if steps is None:
-            raise AgentStateLinkError(f"{src_path}: its backup location {dest} already holds different content; move it away")
+        if steps is None:  # an earlier run that failed left other content there: never refuse (every rerun would)
+            self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
+            return [Step(BACKUP, src_path, self._free_backup_location(src_path))]
         return steps
+
+    def _backup_parent(self, dest: str) -> t.Optional[int]:
+        """The directory a backup goes to, when it exists already (an unfinished run's backup)."""
+        rel_parts = os.path.relpath(os.path.dirname(dest), os.path.join(self.store_root, META_DIR_NAME)).split("/")
+        meta_fd = self.meta_fd()
+        return None if meta_fd is None else _fs.walk_at(meta_fd, rel_parts)
+
+    def _free_backup_location(self, path: str) -> str:
+        """``path``'s place in the backup directory or, when a run that failed before finishing
+        (its backup directory is reused, see _engine) left something there, the first free
+        ``<place>.<n>``: found by tests/reliability/test_hostile_volume.py, where a link planted
+        again after a failed run made every later run refuse."""
+        dest = backup_location(self.backup_dir, path)
+        parent_fd = self._backup_parent(dest)
+        if parent_fd is None:
+            return dest
+        name, number = os.path.basename(dest), 0
+        try:
+            while _fs.lstat_at(parent_fd, f"{name}.{number}" if number else name) is not None:
+                number += 1
+        finally:
+            os.close(parent_fd)
+        return f"{dest}.{number}" if number else dest
 
     def _plan_fill(self, plan: LinkPlan, store_exists: bool) -> t.List[Step]:
         """Give an empty target its first content: the image's defaults, else initial_content."""

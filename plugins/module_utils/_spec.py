@@ -140,7 +140,7 @@ def _ownership(owner: t.Any, group: t.Any, where: str, default: t.Tuple[int, int
 def _mode(value: t.Any, name: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         mode = value
-    elif isinstance(value, str) and value.isdigit():
+    elif isinstance(value, str) and value != "" and set(value) <= set("01234567"):  # isdigit() let '9' reach int(, 8)
         mode = int(value, 8)
     else:
         raise AgentStateLinkError(f"{name}: {value!r} is not an octal mode such as '0700'")

@@ -1,0 +1,98 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Kill the engine at a chosen filesystem call, from outside the collection's code.
+
+``run_with_faults`` runs the engine in a forked child process whose ``os`` functions that change
+the filesystem (or its metadata) are wrapped: each call is counted, and with ``kill_before=N`` the
+child sends itself SIGKILL just before the Nth call (calls 1..N-1 happened, N did not; no cleanup,
+no ``finally``, as when the container is killed).  ``start_with_faults`` can also stop it there
+(SIGSTOP), to act while it holds the lock mid-run.  The calls are the real system calls on real
+filesystems; nothing is simulated.
+
+Forking instead of starting a new interpreter keeps each trial at a few milliseconds, so that a
+test can kill the engine before every single call of a run in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import typing as t
+
+# Every os function the engine (or the standard library under it) could use to change what is on
+# disk or its metadata.  os.open counts only when it can create or truncate.  (Syncs are not state
+# changes: a kill just before one leaves what a kill just after the previous call leaves.)
+WRAPPED = (
+    "rename", "replace", "unlink", "remove", "rmdir", "mkdir", "symlink", "link", "fchown", "chown", "lchown",
+    "fchmod", "chmod", "utime", "sendfile", "write", "truncate", "ftruncate", "fsync", "fdatasync",
+)
+WRITING_OPEN = os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_RDWR
+
+
+class Child:
+    """The engine running in a forked child process (see start_with_faults)."""
+
+    def __init__(self, pid: int, pipe: int) -> None:
+        self.pid, self._pipe = pid, pipe
+
+    def wait(self) -> t.Tuple[int, t.List[str]]:
+        """Its exit code (-9 when killed) and, when it ran to its end, the names of its calls, in order."""
+        with os.fdopen(self._pipe, "rb") as pipe:
+            names = pipe.read().decode().split()
+        _pid, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status), names
+
+
+def start_with_faults(
+    params: t.Mapping[str, t.Any], kill_before: t.Optional[int] = None, stop_before: t.Optional[int] = None,
+    check_mode: bool = False,
+) -> Child:
+    """Start the engine in a child process that sends itself SIGKILL (``kill_before``) or SIGSTOP
+    (``stop_before``: it waits there, holding whatever it holds, until sent SIGCONT) just before
+    its Nth filesystem call."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the test
+        code = 70
+        try:
+            os.close(read_fd)
+            calls: t.List[str] = []
+            _install({kill_before: signal.SIGKILL, stop_before: signal.SIGSTOP}, calls)
+            from agent_tree import run_engine
+
+            try:
+                run_engine(params, check_mode=check_mode)
+                code = 0
+            except Exception:  # a refusal or a failure: exit 1, like the module
+                code = 1
+            data = "\n".join(calls).encode()
+            while data:
+                data = data[_WRITE(write_fd, data):]
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    return Child(pid, read_fd)
+
+
+def run_with_faults(
+    params: t.Mapping[str, t.Any], kill_before: t.Optional[int] = None, check_mode: bool = False,
+) -> t.Tuple[int, t.List[str]]:
+    """Run the engine in a child process to its end or its kill; see Child.wait."""
+    return start_with_faults(params, kill_before=kill_before, check_mode=check_mode).wait()
+
+
+_WRITE = os.write
+
+
+def _install(signals: t.Mapping[t.Optional[int], int], calls: t.List[str]) -> None:
+    def counted(name: str, real: t.Callable[..., t.Any], counts: t.Callable[..., bool]) -> t.Callable[..., t.Any]:
+        def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            if counts(*args, **kwargs):
+                calls.append(name)
+                if len(calls) in signals:
+                    os.kill(os.getpid(), signals[len(calls)])
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in WRAPPED:
+        setattr(os, name, counted(name, getattr(os, name), lambda *a, **k: True))
+    os.open = counted("open", os.open, lambda path, flags, *a, **k: bool(flags & WRITING_OPEN))
