@@ -72,6 +72,28 @@ def owned_by_attacker(tree):
                 os.lchown(name, ATTACKER, ATTACKER)
 
 
+def as_attacker(function, *args):
+    """Run ``function(*args)`` in a child process as the agents' user; True when it returned."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(ATTACKER)
+            os.setuid(ATTACKER)
+            function(*args)
+            os._exit(0)
+        except BaseException:  # pylint: disable=broad-exception-caught
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
+
+
+def write_session(tree, index):
+    if os.path.islink(tree("home:.claude")):
+        os.unlink(tree("home:.claude"))
+    os.makedirs(tree(f"home:.claude/run-{index}"))
+    write(tree(f"home:.claude/run-{index}/session.jsonl"), f"session of run {index}")
+
+
 def run_or_refuse(params):
     """A run completes, or refuses with the module's clear error; anything else fails the test."""
     try:
@@ -218,14 +240,11 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     try:
         while index < RACE_RUNS or time.monotonic() - began < RACE_SECONDS:
             index += 1
-            try:  # new state in a real ~/.claude (the racer may be swapping it this very moment)
-                if os.path.islink(tree("home:.claude")):
-                    os.unlink(tree("home:.claude"))
-                os.makedirs(tree(f"home:.claude/run-{index}"))
-                write(tree(f"home:.claude/run-{index}/session.jsonl"), f"session of run {index}")
+            # New state in a real ~/.claude, written as the agents' user: the racer may be swapping
+            # that path for a link to /etc this very moment, and root writing through it would
+            # be the test's own escape, not the engine's.
+            if as_attacker(write_session, tree, index):
                 written.append(f"session of run {index}")
-            except OSError:
-                pass
             _result, refusal = run_or_refuse(params)
             key = "completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:300]
             outcomes[key] = outcomes.get(key, 0) + 1
