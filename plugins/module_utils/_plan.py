@@ -281,8 +281,8 @@ class Planner:
 
     def _open_store(self, plan: LinkPlan) -> int:
         fd = _fs.walk_at(self._require_anchor(self.store_root, "volume"), self.job.relative_target(plan.link).split("/"))
-        if fd is None:
-            raise AssertionError("the store directory vanished")
+        if fd is None:  # removed by somebody else since it was seen: refuse, nothing changed yet
+            raise AgentStateLinkError(f"{self.store_path(plan.link)}: vanished while the run was planned; rerun")
         return fd
 
     def _plan_dir_merge(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> t.List[Step]:
