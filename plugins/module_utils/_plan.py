@@ -176,7 +176,7 @@ class Planner:
 
     def _plan_present(self, plan: LinkPlan, home_fd: t.Optional[int], name: str) -> None:
         link = plan.link
-        home_kind = "missing" if home_fd is None else _fs.kind_of(_fs.lstat_at(home_fd, name))
+        home_kind = "link" if plan.before.startswith("link to ") else plan.before  # described once, in _plan_link
         if self.job.state == "prepared" and home_kind not in ("directory", "file"):
             # Image build with nothing to keep: only the (dangling) link is made, no seed entry.
             store_exists = False
@@ -217,7 +217,8 @@ class Planner:
                 st = None if fd is None else _fs.lstat_at(fd, part)
                 kind = _fs.kind_of(st)
                 if is_target:
-                    plan.target_before = describe_at(fd, part)
+                    # describe_at(fd, part), from the status just taken
+                    plan.target_before = f"link to {os.readlink(part, dir_fd=fd)}" if kind == "link" and fd is not None else kind
                 wanted = link.kind if is_target else "directory"
                 if kind not in ("missing", wanted):
                     plan.steps.extend(self._once(Step(BACKUP_VOLUME_ENTRY, current, self._free_backup_location(current))))
@@ -393,9 +394,13 @@ class Planner:
     def _plan_fill(self, plan: LinkPlan, store_exists: bool) -> t.List[Step]:
         """Give an empty target its first content: the image's defaults, else initial_content."""
         link = plan.link
-        if store_exists and (link.kind == "file" or not self._store_is_empty(plan)):
+        if store_exists and link.kind == "file":
             return []
         seed = self._seed_steps(plan)
+        if store_exists:
+            # Only an empty directory is filled, and only from a seed: without one (the usual case
+            # at every start) its content need not be looked at.
+            return seed if seed and self._store_is_empty(plan) else []
         if seed:
             return seed
         if link.kind == "file" and link.initial_content is not None:

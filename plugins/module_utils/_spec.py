@@ -81,7 +81,9 @@ class Job:
 
     def relative_target(self, link: LinkSpec) -> str:
         """The link's target relative to the volume, e.g. ``.claude``."""
-        return os.path.relpath(link.target, self.volume)
+        # Both normalized, the target strictly inside the volume (build_job checks): a slice, not
+        # os.path.relpath, which makes both absolute (a getcwd() each) and is called per link and step.
+        return link.target[len(self.volume.rstrip("/")) + 1:]
 
 
 def _absolute(value: t.Any, name: str) -> str:
@@ -175,8 +177,9 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
     raw_links = params.get("links")
     if not isinstance(raw_links, (list, tuple)) or not raw_links:
         raise AgentStateLinkError("links: give a non-empty list of {path, target, kind} entries")
+    owners: t.Dict[t.Tuple[str, str], t.Tuple[int, int]] = {}
     links = tuple(
-        _build_link(raw, index, volume, (uid, gid), seed_store) for index, raw in enumerate(raw_links)
+        _build_link(raw, index, volume, (uid, gid), seed_store, owners) for index, raw in enumerate(raw_links)
     )
     _check_disjoint(links)
 
@@ -201,7 +204,8 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
 
 
 def _build_link(
-    raw: t.Any, index: int, volume: str, default_owner: t.Tuple[int, int], seed_store: t.Optional[str]
+    raw: t.Any, index: int, volume: str, default_owner: t.Tuple[int, int], seed_store: t.Optional[str],
+    owners: t.Dict[t.Tuple[str, str], t.Tuple[int, int]],
 ) -> LinkSpec:
     where = f"links[{index}]."
     if not isinstance(raw, t.Mapping):
@@ -231,12 +235,17 @@ def _build_link(
             raise AgentStateLinkError(
                 f"{where}initial_content: must be a non-empty string (an empty file breaks programs such as Claude Code)"
             )
-    uid, gid = _ownership(raw.get("owner"), raw.get("group"), where, default_owner)
+    key = (repr(raw.get("owner")), repr(raw.get("group")))  # the user database is read once per owner, not per link
+    if key not in owners:
+        owners[key] = _ownership(raw.get("owner"), raw.get("group"), where, default_owner)
+    uid, gid = owners[key]
     return LinkSpec(path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid)
 
 
 def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:
     """Refuse duplicate or nested paths and targets: one link would run through another."""
+    if not any(_nesting(getattr(link, attr) for link in links) for attr in ("path", "target")):
+        return  # the usual case, found in O(n log n); the pairwise scan below names the offending pair
     for i, first in enumerate(links):
         for j in range(i + 1, len(links)):
             second = links[j]
@@ -246,3 +255,13 @@ def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:
                     raise AgentStateLinkError(f"links[{j}].{attr}: {b} is given twice (also links[{i}].{attr})")
                 if is_within(a, b) or is_within(b, a):
                     raise AgentStateLinkError(f"links[{j}].{attr}: {b} and links[{i}].{attr} {a} are nested")
+
+
+def _nesting(paths: t.Iterable[str]) -> bool:
+    """True when two of the normalized ``paths`` are equal or one lies below another.
+
+    Sorted with a trailing slash, the paths below a path P directly follow P/, so comparing
+    neighbours finds every case.
+    """
+    keys = sorted(path + "/" for path in paths)
+    return any(later.startswith(earlier) for earlier, later in zip(keys, keys[1:]))
