@@ -2,52 +2,69 @@
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Execute a JobPlan, step by step, so that a kill at any instant loses nothing.
+"""Execute a TerritoryPlan, step by step in plan order, so that a kill at any instant loses nothing.
 
-Private to the agor.persistence collection.
+Private to the agor.persistence collection.  It runs as the account that owns the territory's
+links (see _privsep), so everything it creates belongs to that account from its first instant.
 
-Moves into the volume first try rename(); across filesystems (always the case from an image
+Moves into the store first try rename(); across filesystems (always the case from an image
 layer, which fails with EXDEV) the entry is copied into a private staging directory on the
-volume, the volume's filesystem is synced, the copy is renamed into place, synced again, and only then
-is the source removed, and only the parts recorded as copied and unchanged since.  A rerun
+store, the store's filesystem is synced, the copy is renamed into place, synced again, and only
+then is the source removed, and only the parts recorded as copied and unchanged since.  A rerun
 after a kill finds either the source intact (staging is discarded) or the copy in place, in
 which case the source is an identical duplicate and is dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import typing as t
 
+from ansible_collections.agor.persistence.plugins.module_utils import _bookkeeping as B
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
 from ansible_collections.agor.persistence.plugins.module_utils import _plan as P
-from ansible_collections.agor.persistence.plugins.module_utils._spec import (
-    META_DIR_NAME,
-    AgentStateLinkError,
-    LinkSpec,
-    is_within,
-)
+from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError, LinkSpec, is_within
 
-STAGING_DIR_NAME = "staging"
-RESTORE_SUFFIX = ".agent-state-link.restore"
+Action = P.Action
 
 
 class Executor:
-    """Runs the steps of a JobPlan.  Holds descriptors; close() releases them."""
+    """Runs the steps of a TerritoryPlan.  Holds descriptors; use it as a context manager."""
 
-    def __init__(self, plan: P.JobPlan) -> None:
+    def __init__(self, plan: P.TerritoryPlan, territory_fd: t.Optional[int]) -> None:
         self.plan = plan
         self.job = plan.job
-        self.store_root = self.job.seed_store if self.job.state == "prepared" else self.job.volume
-        self.meta_path = os.path.join(self.store_root, META_DIR_NAME)
+        self.territory_root = os.path.join(self.job.store_root, *plan.territory.parts)
+        self.territory_fd = territory_fd
+        self.meta_path = os.path.join(self.territory_root, P.META_DIR_NAME)
         self.warnings: t.List[str] = []
         self._anchors: t.Dict[str, int] = {}
         self._staging_fd: t.Optional[int] = None
         self._staged = 0
+        # Staging names start with a random token: a new container reuses PIDs (1, ...).
+        self._stage_prefix = os.urandom(6).hex()
+        self._handlers: t.Dict[Action, t.Callable[[P.Step, P.LinkPlan], None]] = {
+            Action.BACKUP_VOLUME_ENTRY: lambda step, plan: self._move_all([step], plan.link),
+            Action.CREATE_DIRECTORY: self._create_directory,
+            Action.SET_GROUP: self._set_group,
+            Action.CREATE_HOME_DIRECTORY: self._create_home_directory,
+            Action.DROP_DUPLICATE: self._drop_duplicate,
+            Action.SEED: self._seed,
+            Action.CREATE_FILE: self._create_file,
+            Action.LINK: self._link,
+            Action.CLEAR_RESTORE: self._clear_restore,
+            Action.RESTORE: self._restore,
+            Action.CREATE_EMPTY: self._create_empty,
+            Action.REMOVE_LINK: self._remove_link,
+        }
 
-    def close(self) -> None:
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
         for fd in self._anchors.values():
             os.close(fd)
         self._anchors.clear()
@@ -56,10 +73,22 @@ class Executor:
             self._staging_fd = None
 
     def run(self) -> None:
-        if self.plan.volume_owner is not None:
-            os.fchown(self._anchor(self.job.volume), *self.plan.volume_owner)
         for link_plan in self.plan.links:
             self._run_link(link_plan)
+
+    def _run_link(self, link_plan: P.LinkPlan) -> None:
+        """Each step in plan order; a run of consecutive moves and backups as one batch (one sync)."""
+        batch: t.List[P.Step] = []
+        for step in link_plan.steps:
+            if step.action in P.BATCHED_ACTIONS:
+                batch.append(step)
+                continue
+            if batch:
+                self._move_all(batch, link_plan.link)
+                batch = []
+            self._handlers[step.action](step, link_plan)
+        if batch:
+            self._move_all(batch, link_plan.link)
 
     # -- resolving paths to (parent descriptor, name) without following links ------------------
 
@@ -72,22 +101,21 @@ class Executor:
         return self._anchors[path]
 
     def _parent(self, path: str, link: LinkSpec, create: bool = False) -> t.Tuple[int, str]:
-        """Open the parent of ``path`` (the caller closes it) by a no-follow walk from its anchor."""
+        """Open the parent of ``path`` (the caller closes it) by a no-follow walk from the root it
+        hangs off: the bookkeeping directory, the territory, the seed store, or the link's home."""
         if is_within(path, self.meta_path):
-            anchor_fd, rel = self._meta_fd(), os.path.relpath(os.path.dirname(path), self.meta_path)
+            anchor_fd, root = self._meta_fd(), self.meta_path
+        elif is_within(path, self.territory_root):
+            anchor_fd, root = self._territory(), self.territory_root
+        elif self.job.seed_store is not None and is_within(path, self.job.seed_store):
+            anchor_fd, root = self._anchor(self.job.seed_store), self.job.seed_store
         else:
-            # Below the store, the seed store or the link's home directory; else (the store's own
-            # missing ancestors, at image build time) the parent itself, reached from "/".
-            anchor = next(
-                (root for root in (self.store_root, self.job.seed_store, os.path.dirname(link.path))
-                 if root is not None and is_within(path, root) and path != root),
-                os.path.dirname(path),
-            )
-            anchor_fd, rel = self._anchor(anchor), os.path.relpath(os.path.dirname(path), anchor)
-        parts = [] if rel == "." else rel.split("/")
+            root = os.path.dirname(link.path)
+            anchor_fd = self._anchor(root)
+        rel = os.path.relpath(os.path.dirname(path), root)
         fd = os.dup(anchor_fd)
         try:
-            for part in parts:
+            for part in [] if rel == "." else rel.split("/"):
                 if create and _fs.lstat_at(fd, part) is None:
                     _fs.make_dir_at(fd, part, os.geteuid(), os.getegid(), 0o700)
                 next_fd = _fs.open_dir_at(fd, part)
@@ -98,76 +126,61 @@ class Executor:
             raise
         return fd, os.path.basename(path)
 
+    @contextlib.contextmanager
+    def _parent_of(self, path: str, link: LinkSpec, create: bool = False) -> t.Iterator[t.Tuple[int, str]]:
+        fd, name = self._parent(path, link, create)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def _territory(self) -> int:
+        if self.territory_fd is None:  # root makes it before any step that needs it
+            raise AgentStateLinkError(f"{self.territory_root}: does not exist")
+        return self.territory_fd
+
     def _meta_fd(self) -> int:
-        key = self.meta_path
-        if key not in self._anchors:
-            self._anchors[key] = ensure_private_dir(self._anchor(self.store_root), META_DIR_NAME)
-        return self._anchors[key]
+        if self.meta_path not in self._anchors:
+            self._anchors[self.meta_path] = B.ensure_private_dir(self._territory(), P.META_DIR_NAME)
+        return self._anchors[self.meta_path]
 
     def _staging(self) -> int:
         if self._staging_fd is None:
             meta_fd = self._meta_fd()
-            if _fs.lstat_at(meta_fd, STAGING_DIR_NAME) is None:
-                _fs.make_dir_at(meta_fd, STAGING_DIR_NAME, os.geteuid(), os.getegid(), 0o700)
-            self._staging_fd = _fs.open_dir_at(meta_fd, STAGING_DIR_NAME)
+            if _fs.lstat_at(meta_fd, B.STAGING_DIR_NAME) is None:
+                _fs.make_dir_at(meta_fd, B.STAGING_DIR_NAME, os.geteuid(), os.getegid(), 0o700)
+            self._staging_fd = _fs.open_dir_at(meta_fd, B.STAGING_DIR_NAME)
         return self._staging_fd
 
     def _stage_name(self) -> str:
         self._staged += 1
-        return f"{os.getpid()}-{self._staged}"
+        return f"{self._stage_prefix}-{self._staged}"
 
-    # -- one link ---------------------------------------------------------------------------
-
-    def _run_link(self, link_plan: P.LinkPlan) -> None:
-        link = link_plan.link
-        moves = [step for step in link_plan.steps if step.action in (P.MOVE, P.BACKUP)]
-        moves_done = False
-        for step in link_plan.steps:
-            if step.action in (P.MOVE, P.BACKUP):
-                if not moves_done:
-                    self._move_all(moves, link)
-                    moves_done = True
-            elif step.action == P.BACKUP_VOLUME_ENTRY:
-                self._move_all([step], link)
-            else:
-                getattr(self, "_" + step.action)(step, link_plan)
+    # -- state=present / prepared ---------------------------------------------------------------
 
     def _create_directory(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
-        parent_fd, name = self._parent(step.path, link)
-        try:
-            if step.path == link_plan.store:
-                _fs.make_dir_at(parent_fd, name, link.uid, link.gid, self.job.directory_mode)
-            elif is_within(self.store_root, step.path):  # the seed store itself, image build time
-                _fs.make_dir_at(parent_fd, name, os.geteuid(), os.getegid(), 0o755)
-            else:
-                _fs.make_dir_at(parent_fd, name, link.uid, link.gid, 0o755)
-        finally:
-            os.close(parent_fd)
+        mode = self.job.directory_mode if step.path == link_plan.store else 0o755
+        with self._parent_of(step.path, link) as (parent_fd, name):
+            _fs.make_dir_at(parent_fd, name, os.geteuid(), os.getegid(), mode)
 
     def _create_home_directory(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        link = link_plan.link
         parent_fd = _fs.open_anchor(os.path.dirname(step.path))
         if parent_fd is None:
             raise AgentStateLinkError(f"{step.path}: parent vanished; rerun")
         try:
-            _fs.make_dir_at(parent_fd, os.path.basename(step.path), link.uid, link.gid, 0o755)
+            _fs.make_dir_at(parent_fd, os.path.basename(step.path), os.geteuid(), os.getegid(), 0o755)
         finally:
             os.close(parent_fd)
 
-    def _set_owner(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        parent_fd, name = self._parent(step.path, link_plan.link)
-        try:
-            _fs.chown_at(parent_fd, name, link_plan.link.uid, link_plan.link.gid)
-        finally:
-            os.close(parent_fd)
+    def _set_group(self, step: P.Step, link_plan: P.LinkPlan) -> None:
+        with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
+            _fs.chown_at(parent_fd, name, -1, t.cast(int, link_plan.link.gid))
 
     def _drop_duplicate(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         """Remove a home entry only while it is unchanged and its twin still holds the same bytes."""
-        src_fd, src_name = self._parent(step.path, link_plan.link)
-        try:
-            dst_fd, dst_name = self._parent(step.dest, link_plan.link)
-            try:
+        with self._parent_of(step.path, link_plan.link) as (src_fd, src_name):
+            with self._parent_of(step.dest, link_plan.link) as (dst_fd, dst_name):
                 st = _fs.lstat_at(src_fd, src_name)
                 if st is None:
                     return
@@ -175,14 +188,13 @@ class Executor:
                     self.warnings.append(f"{step.path}: changed since it was compared with {step.dest}; left in place")
                     return
                 os.unlink(src_name, dir_fd=src_fd)
-            finally:
-                os.close(dst_fd)
-        finally:
-            os.close(src_fd)
 
     def _seed(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        link = link_plan.link
-        self._copy_into_place(step.path, step.dest, link, _fs.Copier(owner=(link.uid, link.gid)))
+        with self._parent_of(step.path, link_plan.link) as (src_fd, src_name):
+            name = self._stage_name()
+            _fs.Copier(owner=(os.geteuid(), os.getegid())).copy(src_fd, src_name, self._staging(), name)
+        _fs.sync_filesystem(self._staging())
+        self._rename_into_place(name, step.dest, link_plan.link)
 
     def _create_file(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
@@ -190,70 +202,74 @@ class Executor:
             raise AssertionError("create_file planned without initial_content")
         name = self._stage_name()
         _fs.write_new_file_at(
-            self._staging(), name, link.initial_content.encode("utf-8"), link.uid, link.gid, self.job.file_mode
+            self._staging(), name, link.initial_content.encode("utf-8"), os.geteuid(), os.getegid(), self.job.file_mode
         )
         self._rename_into_place(name, step.path, link)
 
     def _link(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        link = link_plan.link
-        parent_fd, name = self._parent(step.path, link)
-        try:
+        with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
             st = _fs.lstat_at(parent_fd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 remove_emptied_dirs(parent_fd, name, step.path)
-            _fs.replace_with_symlink(parent_fd, name, step.dest, link.uid, link.gid)
-        finally:
-            os.close(parent_fd)
+            _fs.replace_with_symlink(parent_fd, name, step.dest)
 
     # -- state=absent -------------------------------------------------------------------------
+
+    def _clear_restore(self, step: P.Step, link_plan: P.LinkPlan) -> None:
+        """An interrupted rollback's copy of the target (the volume holds the original)."""
+        with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
+            B.remove_tree_at(parent_fd, name)
 
     def _restore(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         """Put a copy of the target back at the path; the volume keeps its copy."""
 
         def copy_target(parent_fd: int, tmp: str) -> None:
-            src_fd, src_name = self._parent(step.dest, link_plan.link)
-            try:
+            with self._parent_of(step.dest, link_plan.link) as (src_fd, src_name):
                 _fs.Copier().copy(src_fd, src_name, parent_fd, tmp)
-            finally:
-                os.close(src_fd)
             _fs.sync_filesystem(parent_fd)
 
-        self._replace_link_with(step.path, link_plan.link, copy_target)
+        self._replace_link_with(step, link_plan.link, copy_target)
 
     def _create_empty(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        link = link_plan.link
+        mode = self.job.directory_mode
         self._replace_link_with(
-            step.path, link, lambda parent_fd, tmp: _fs.make_dir_at(parent_fd, tmp, link.uid, link.gid, self.job.directory_mode)
+            step, link_plan.link, lambda parent_fd, tmp: _fs.make_dir_at(parent_fd, tmp, os.geteuid(), os.getegid(), mode)
         )
 
-    def _replace_link_with(self, path: str, link: LinkSpec, fill: t.Callable[[int, str], None]) -> None:
-        """Build the real entry under a temporary name beside the link, then swap it in."""
-        parent_fd, name = self._parent(path, link)
-        try:
-            tmp = "." + name + RESTORE_SUFFIX
-            remove_tree_at(parent_fd, tmp)  # an interrupted restore's copy; the volume holds the original
+    def _replace_link_with(self, step: P.Step, link: LinkSpec, fill: t.Callable[[int, str], None]) -> None:
+        """Build the real entry under a temporary name beside the link, then swap it in, but only
+        for the very link that was planned: whatever else stands there now (a file a program saved
+        meanwhile) is kept and the copy is discarded."""
+        with self._parent_of(step.path, link) as (parent_fd, name):
+            tmp = P.restore_name(name)
+            B.remove_tree_at(parent_fd, tmp)
             fill(parent_fd, tmp)
-            self._swap_in(parent_fd, tmp, name)
-        finally:
-            os.close(parent_fd)
-
-    def _remove_link(self, step: P.Step, link_plan: P.LinkPlan) -> None:
-        parent_fd, name = self._parent(step.path, link_plan.link)
-        try:
-            if _fs.kind_of(_fs.lstat_at(parent_fd, name)) == "link":
-                os.unlink(name, dir_fd=parent_fd)
-        finally:
-            os.close(parent_fd)
+            try:
+                if not self._is_planned_link(parent_fd, name, step):
+                    raise AgentStateLinkError(f"{step.path}: is no longer the link the run planned to replace; left as it is, rerun")
+                if step.identity is None or stat.S_ISDIR(t.cast(os.stat_result, _fs.lstat_at(parent_fd, tmp)).st_mode):
+                    if step.identity is not None:
+                        os.unlink(name, dir_fd=parent_fd)  # rename cannot put a directory over a link
+                    _fs.rename_noreplace_at(parent_fd, tmp, parent_fd, name)
+                    return
+                replaced = _fs.swap_at(parent_fd, tmp, name)
+                if replaced is not None and not (stat.S_ISLNK(replaced.st_mode) and _fs.identity(replaced) == step.identity):
+                    _fs.swap_at(parent_fd, tmp, name)  # saved between the check and the swap: put it back
+                    raise AgentStateLinkError(f"{step.path}: a program saved it while the run restored it; kept the save, rerun")
+            finally:
+                B.remove_tree_at(parent_fd, tmp)
 
     @staticmethod
-    def _swap_in(parent_fd: int, tmp: str, name: str) -> None:
-        """Replace the link ``name`` by the real entry ``tmp`` (a file in one rename)."""
+    def _is_planned_link(parent_fd: int, name: str, step: P.Step) -> bool:
         st = _fs.lstat_at(parent_fd, name)
-        if st is not None and stat.S_ISDIR(_fs.lstat_at(parent_fd, tmp).st_mode):  # type: ignore[union-attr]
-            if not stat.S_ISLNK(st.st_mode):
-                raise AgentStateLinkError(f"{name}: is no longer a link; left as it is")
-            os.unlink(name, dir_fd=parent_fd)  # rename cannot put a directory over a link
-        os.rename(tmp, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        if st is None:
+            return step.identity is None
+        return stat.S_ISLNK(st.st_mode) and _fs.identity(st) == step.identity
+
+    def _remove_link(self, step: P.Step, link_plan: P.LinkPlan) -> None:
+        with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
+            if self._is_planned_link(parent_fd, name, step) and step.identity is not None:
+                os.unlink(name, dir_fd=parent_fd)
 
     # -- moving and copying ---------------------------------------------------------------------
 
@@ -262,24 +278,18 @@ class Executor:
         staged: t.List[t.Tuple[str, P.Step, t.Dict[str, _fs.Identity]]] = []
         copier = _fs.Copier()
         for step in steps:
-            src_fd, src_name = self._parent(step.path, link)
-            try:
-                dst_fd, dst_name = self._parent(step.dest, link, create=step.action != P.MOVE)
-                try:
-                    if _fs.lstat_at(dst_fd, dst_name) is not None:
-                        raise AgentStateLinkError(f"{step.dest}: appeared while migrating {step.path}; nothing lost, rerun")
+            with self._parent_of(step.path, link) as (src_fd, src_name):
+                with self._parent_of(step.dest, link, create=step.action is not Action.MOVE) as (dst_fd, dst_name):
                     try:
-                        os.rename(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
+                        _fs.rename_noreplace_at(src_fd, src_name, dst_fd, dst_name)
                         continue
+                    except FileExistsError:
+                        raise AgentStateLinkError(f"{step.dest}: appeared while migrating {step.path}; nothing lost, rerun") from None
                     except OSError as exc:
                         if exc.errno != errno.EXDEV:
                             raise
-                finally:
-                    os.close(dst_fd)
                 name = self._stage_name()
                 staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name)))
-            finally:
-                os.close(src_fd)
         if not staged:
             return
         _fs.sync_filesystem(self._staging())  # every copy durable before it becomes visible
@@ -287,94 +297,63 @@ class Executor:
             self._rename_into_place(name, step.dest, link)
         _fs.sync_filesystem(self._staging())  # every copy durable in place before any source goes
         for _name, step, manifest in staged:
-            src_fd, src_name = self._parent(step.path, link)
-            try:
-                if not _fs.remove_copied(src_fd, src_name, manifest):
-                    self.warnings.append(f"{step.path}: changed after it was copied to {step.dest}; the rest is left in place")
-            finally:
-                os.close(src_fd)
+            with self._parent_of(step.path, link) as (src_fd, src_name):
+                if _fs.remove_copied(src_fd, src_name, manifest):
+                    continue
+                if step.path == link.path and link.kind == "file":
+                    self._retract(step, link, manifest)
+                self.warnings.append(f"{step.path}: changed after it was copied to {step.dest}; the rest is left in place")
 
-    def _copy_into_place(self, src: str, dest: str, link: LinkSpec, copier: _fs.Copier) -> None:
-        src_fd, src_name = self._parent(src, link)
-        try:
-            name = self._stage_name()
-            copier.copy(src_fd, src_name, self._staging(), name)
-        finally:
-            os.close(src_fd)
-        _fs.sync_filesystem(self._staging())
-        self._rename_into_place(name, dest, link)
+    def _retract(self, step: P.Step, link: LinkSpec, manifest: t.Mapping[str, _fs.Identity]) -> None:
+        """A state file written to while it was copied: take the now stale copy back out of the
+        volume (the home keeps the newer file) and stop, so that the rerun migrates the new one."""
+        with self._parent_of(step.dest, link) as (dst_fd, dst_name):
+            st = _fs.lstat_at(dst_fd, dst_name)
+            if st is not None and stat.S_ISREG(st.st_mode):
+                aside = self._stage_name()
+                os.rename(dst_name, aside, src_dir_fd=dst_fd, dst_dir_fd=self._staging())
+                B.remove_tree_at(self._staging(), aside)
+        raise AgentStateLinkError(
+            f"{step.path}: written to while it was being moved to {step.dest}; nothing was replaced or lost, rerun"
+        )
 
     def _rename_into_place(self, staged_name: str, dest: str, link: LinkSpec) -> None:
-        dst_fd, dst_name = self._parent(dest, link, create=is_within(dest, self.meta_path))
-        try:
-            if _fs.lstat_at(dst_fd, dst_name) is not None:
-                raise AgentStateLinkError(f"{dest}: appeared while it was being filled; nothing lost, rerun")
-            os.rename(staged_name, dst_name, src_dir_fd=self._staging(), dst_dir_fd=dst_fd)
-        finally:
-            os.close(dst_fd)
-
-
-def ensure_private_dir(parent_fd: int, name: str) -> int:
-    """Open (creating if needed) a directory only this process's user can write.
-
-    Anything else found under that name (a link, a file, a directory somebody else owns or can
-    write) is renamed aside, never followed or deleted, and a fresh directory takes its place.
-    """
-    fd = _fs.open_private_dir(parent_fd, name)
-    if fd is not None:
-        return fd
-    if _fs.lstat_at(parent_fd, name) is not None:
-        aside = f"{name}.untrusted-{os.getpid()}-{os.urandom(4).hex()}"
-        os.rename(name, aside, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
-    try:
-        _fs.make_dir_at(parent_fd, name, os.geteuid(), os.getegid(), 0o700)
-    except FileExistsError:
-        pass  # a concurrent run made it first
-    fd = _fs.open_private_dir(parent_fd, name)
-    if fd is None:
-        raise AgentStateLinkError(f"{name}: could not create a private bookkeeping directory")
-    return fd
-
-
-def clear_staging(meta_fd: int) -> None:
-    """Discard copies an interrupted run left in staging; their sources are still in place."""
-    if _fs.kind_of(_fs.lstat_at(meta_fd, STAGING_DIR_NAME)) != "directory":
-        return
-    staging_fd = _fs.open_dir_at(meta_fd, STAGING_DIR_NAME)
-    try:
-        for name in _fs.list_dir(staging_fd):
-            remove_tree_at(staging_fd, name)
-    finally:
-        os.close(staging_fd)
-
-
-def remove_tree_at(dir_fd: int, name: str) -> None:
-    """Remove a tree of our own copies (staging, an interrupted restore) without following links."""
-    st = _fs.lstat_at(dir_fd, name)
-    if st is None:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    fd = _fs.open_dir_at(dir_fd, name)
-    try:
-        for child in _fs.list_dir(fd):
-            remove_tree_at(fd, child)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
+        with self._parent_of(dest, link, create=is_within(dest, self.meta_path)) as (dst_fd, dst_name):
+            try:
+                _fs.rename_noreplace_at(self._staging(), staged_name, dst_fd, dst_name)
+            except FileExistsError:
+                raise AgentStateLinkError(f"{dest}: appeared while it was being filled; nothing lost, rerun") from None
 
 
 def remove_emptied_dirs(parent_fd: int, name: str, path: str) -> None:
-    """Remove a home directory whose content has all been moved: rmdir only, so nothing else can go."""
-    fd = _fs.open_dir_at(parent_fd, name)
+    """Remove a home directory whose content has all been moved: rmdir only, so nothing else can go.
+
+    Depth first with an explicit stack (a tree may be deeper than Python's recursion limit)."""
+    stack: t.List[t.Tuple[str, int, t.List[str], str]] = []
     try:
-        with os.scandir(fd) as entries:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in children:
-            if not is_dir:
-                raise AgentStateLinkError(f"{path}/{child}: appeared during migration; nothing lost, rerun")
-            remove_emptied_dirs(fd, child, f"{path}/{child}")
+        fd = _fs.open_dir_at(parent_fd, name)
+        stack.append((name, fd, _only_subdirectories(fd, path), path))
+        while stack:
+            current, fd, subdirs, current_path = stack[-1]
+            if subdirs:
+                child = subdirs.pop()
+                child_fd = _fs.open_dir_at(fd, child)
+                child_path = f"{current_path}/{child}"
+                stack.append((child, child_fd, [], child_path))
+                stack[-1][2].extend(_only_subdirectories(child_fd, child_path))
+                continue
+            stack.pop()
+            os.close(fd)
+            os.rmdir(current, dir_fd=stack[-1][1] if stack else parent_fd)
     finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+        for _current, fd, _subdirs, _path in stack:
+            os.close(fd)
+
+
+def _only_subdirectories(fd: int, path: str) -> t.List[str]:
+    with os.scandir(fd) as entries:
+        children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for child, is_dir in children:
+        if not is_dir:
+            raise AgentStateLinkError(f"{path}/{child}: appeared during migration; nothing lost, rerun")
+    return [child for child, _is_dir in children]

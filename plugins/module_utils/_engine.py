@@ -10,29 +10,29 @@ the tests and the benchmarks call.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import os
 import re
-import time
+import stat
 import typing as t
+from dataclasses import dataclass, field, replace
 
+from ansible_collections.agor.persistence.plugins.module_utils import _bookkeeping as B
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
 from ansible_collections.agor.persistence.plugins.module_utils import _plan as P
-from ansible_collections.agor.persistence.plugins.module_utils._apply import Executor, clear_staging, ensure_private_dir
+from ansible_collections.agor.persistence.plugins.module_utils._apply import Executor
+from ansible_collections.agor.persistence.plugins.module_utils._privsep import Account, run_as
 from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     META_DIR_NAME,
+    USERS_DIR_NAME,
     AgentStateLinkError,
     Job,
+    LinkSpec,
     build_job,
     is_within,
     printable,
 )
-
-LOCK_NAME = "lock"
-# Names the backup directory of a run that was interrupted, so that its rerun completes the same
-# backup instead of starting a second copy.
-PENDING_BACKUP_NAME = "pending-backup"
 
 
 def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, t.Any]:
@@ -44,49 +44,279 @@ def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, 
         raise AgentStateLinkError(describe_os_error(exc)) from exc
 
 
+@dataclass
+class RootPlan:
+    """What only root does, before any account's links are handled."""
+
+    store_owner: t.Optional[t.Tuple[int, int]] = None  # set when the store root must be re-owned
+    # (path, uid, gid, mode) of directories root creates: the seed store's missing ancestors, and
+    # <store>/users and <store>/users/<name> for accounts other than the store root's owner.
+    directories: t.List[t.Tuple[str, int, int, int]] = field(default_factory=list)
+    # Steps shown on the link that needs them, by link index.
+    steps: t.Dict[int, t.List[t.Dict[str, str]]] = field(default_factory=dict)
+    territories: t.List[P.Territory] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return self.store_owner is not None or bool(self.directories)
+
+
 def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
-    if job.require_mount and job.state != "prepared":
-        check_mounted(job.volume)
-    lock_fd = None if check_mode or job.state == "prepared" else _lock(job)
-    shared_fd = _share_lock(job) if check_mode and job.state != "prepared" else None
+    """Root's part: resolve owners, check the volume, lock, re-own the store root and make the
+    directories only root may make; then each account's links in a process of that account."""
+    job = resolve_owners(job)
+    if job.state != "prepared":
+        _check_volume(job)
+    store_fd = _fs.open_anchor(job.store_root)
+    if store_fd is None and job.state != "prepared":
+        raise AgentStateLinkError(f"volume: {job.volume} does not exist")
     try:
-        meta_fd = None if lock_fd is None else lock_fd[1]
-        try:
-            plan = _plan(job, meta_fd)
-        except OSError:
-            if not check_mode or shared_fd is not None:
-                raise
-            # The tree changed under an audit: a first start took the lock meanwhile. Wait for it, plan again.
-            shared_fd = _share_lock(job)
-            if shared_fd is None:
-                raise
-            plan = _plan(job, meta_fd)
-        _refuse_conflicts(plan)
-        warnings: t.List[str] = []
-        if not check_mode and plan.changed:
-            executor = Executor(plan)
+        with B.store_lock(store_fd, job.store_root, check_mode, job.lock_timeout) if store_fd is not None else _nothing():
+            root = plan_root(job, store_fd)
+            if job.conflict == "fail" and not check_mode:
+                # Every account's conflicts are known before root or any account changes anything.
+                _refuse_conflicts([_as_owner(territory, job, True) for territory in root.territories])
+            if not check_mode and root.changed:
+                store_fd = apply_root(job, root, store_fd)
+            results = [_as_owner(territory, job, check_mode) for territory in root.territories]
+            _refuse_conflicts(results)
+    finally:
+        if store_fd is not None:
+            os.close(store_fd)
+    return report(job, root, results)
+
+
+@contextlib.contextmanager
+def _nothing() -> t.Iterator[None]:
+    yield
+
+
+def _as_owner(territory: P.Territory, job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
+    return t.cast(t.Dict[str, t.Any], run_as(Account(territory.uid, territory.gid), lambda: run_territory(job, territory, check_mode)))
+
+
+def resolve_owners(job: Job) -> Job:
+    """Give each link without an owner the owner of the directory that holds its path (the home):
+    the state is that account's, and it is that account that will handle it."""
+    if all(link.uid is not None for link in job.links):
+        return job
+    owners: t.Dict[str, os.stat_result] = {}
+    links = []
+    for link in job.links:
+        if link.uid is None:
+            home = os.path.dirname(link.path)
+            if home not in owners:
+                owners[home] = _nearest_existing_status(home)
+            st = owners[home]
+            link = replace(link, uid=st.st_uid, gid=st.st_gid if link.gid is None else link.gid)
+        links.append(link)
+    return replace(job, links=tuple(links))
+
+
+def _nearest_existing_status(path: str) -> os.stat_result:
+    while True:
+        fd = _fs.open_anchor(path)
+        if fd is not None:
             try:
-                _with_pending_backup(plan, meta_fd, executor.run)
+                return os.fstat(fd)
             finally:
-                warnings = executor.warnings
-                executor.close()
-        if meta_fd is not None:
-            _discard_pending_backup(meta_fd)  # an interrupted run's backup is complete once a run succeeds
-        return report(plan, warnings)
-    finally:
-        if lock_fd is not None:
-            os.close(lock_fd[0])
-            os.close(lock_fd[1])
-        if shared_fd is not None:
-            os.close(shared_fd)
+                os.close(fd)
+        path = os.path.dirname(path)
 
 
-def _plan(job: Job, meta_fd: t.Optional[int]) -> P.JobPlan:
-    planner = P.Planner(job, _backup_dir(job, meta_fd))
+def _check_volume(job: Job) -> None:
+    """The volume must exist, then (unless told otherwise) be a mounted filesystem."""
+    fd = _fs.open_anchor(job.volume)
+    if fd is None:
+        raise AgentStateLinkError(f"volume: {job.volume} does not exist; mount the persistent volume there")
+    os.close(fd)
+    if job.require_mount:
+        check_mounted(job.volume)
+
+
+def plan_root(job: Job, store_fd: t.Optional[int]) -> RootPlan:
+    """Plan root's part: who owns the store root, which accounts work where, which directories
+    only root may create; refuse a territory another account could have redirected."""
+    root = RootPlan()
+    first = job.links[0]
+    primary = (job.uid, job.gid) if job.uid is not None else (t.cast(int, first.uid), t.cast(int, first.gid))
+    if primary[1] is None:
+        primary = (primary[0], t.cast(int, first.gid))
+    if store_fd is None:  # a first image build: root makes the seed store if anything is to be kept there
+        for directory in _missing_ancestors(job.store_root) if _keeps_anything(job) else []:
+            root.directories.append((directory, 0, 0, 0o755))
+            root.steps.setdefault(first.index, []).append({"action": "create_directory", "path": directory})
+        root.store_owner = primary if primary != (0, 0) else None
+        owner = primary
+    else:
+        st = os.fstat(store_fd)
+        owner = (st.st_uid, st.st_gid)
+        if job.state == "prepared" or (job.manage_volume_root and job.state == "present"):
+            if owner != primary:
+                root.store_owner = primary
+            owner = primary
+    territories: t.Dict[t.Tuple[int, int, t.Tuple[str, ...]], t.List[LinkSpec]] = {}
+    for link in job.links:
+        parts = _territory_parts(job, link, owner[0])
+        territories.setdefault((t.cast(int, link.uid), t.cast(int, link.gid), parts), []).append(link)
+    for (uid, gid, parts), links in territories.items():
+        root.territories.append(P.Territory(uid=uid, gid=gid, parts=parts, links=tuple(links)))
+        if parts:
+            _plan_users_dirs(job, root, store_fd, parts, uid, gid, links[0].index)
+    return root
+
+
+def _keeps_anything(job: Job) -> bool:
+    """Whether a directory or file stands at any path (state=prepared keeps them in the seed store)."""
+    for link in job.links:
+        home_fd = _fs.open_anchor(os.path.dirname(link.path))
+        if home_fd is not None:
+            try:
+                if P.entry_at(home_fd, os.path.basename(link.path)).kind in (P.Kind.DIRECTORY, P.Kind.FILE):
+                    return True
+            finally:
+                os.close(home_fd)
+    return False
+
+
+def _missing_ancestors(path: str) -> t.List[str]:
+    """``path`` and its missing ancestors, outermost first."""
+    missing: t.List[str] = []
+    while True:
+        fd = _fs.open_anchor(path)
+        if fd is not None:
+            os.close(fd)
+            return missing
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+
+
+def _territory_parts(job: Job, link: LinkSpec, store_uid: int) -> t.Tuple[str, ...]:
+    if link.uid == store_uid:
+        return ()
+    rel = job.relative_target(link).split("/")
+    if len(rel) < 3 or rel[0] != USERS_DIR_NAME:
+        raise AgentStateLinkError(
+            f"{link.where}.target: {link.target} belongs to uid {link.uid}, but {job.store_root} is owned by uid "
+            f"{store_uid}: the state of an account other than the volume root's owner lives below "
+            f"{os.path.join(job.store_root, USERS_DIR_NAME)}/<name>/ (or set manage_volume_root=true to give the volume "
+            "root to the primary account)"
+        )
+    return (rel[0], rel[1])
+
+
+def _plan_users_dirs(
+    job: Job, root: RootPlan, store_fd: t.Optional[int], parts: t.Tuple[str, ...], uid: int, gid: int, index: int,
+) -> None:
+    """<store>/users (root's, 0755) and <store>/users/<name> (the account's, 0700): check them, or
+    plan to create them.  Anything else under those names is refused, never re-owned."""
+    users_path = os.path.join(job.store_root, parts[0])
+    account_path = os.path.join(users_path, parts[1])
+    users_fd = None if store_fd is None else _open_dir_or_none(store_fd, parts[0], users_path)
     try:
-        return planner.plan()
+        if users_fd is None:
+            if (users_path, 0, 0, 0o755) not in root.directories:
+                root.directories.append((users_path, 0, 0, 0o755))
+                root.steps.setdefault(index, []).append({"action": "create_directory", "path": users_path})
+        else:
+            P.check_safe_dir(users_fd, users_path, (0,))
+        account_fd = None if users_fd is None else _open_dir_or_none(users_fd, parts[1], account_path)
+        if account_fd is None:
+            root.directories.append((account_path, uid, gid, 0o700))
+            root.steps.setdefault(index, []).append({"action": "create_directory", "path": account_path})
+        else:
+            try:
+                P.check_safe_dir(account_fd, account_path, (uid,))
+            finally:
+                os.close(account_fd)
     finally:
-        planner.close()
+        if users_fd is not None:
+            os.close(users_fd)
+
+
+def _open_dir_or_none(parent_fd: int, name: str, path: str) -> t.Optional[int]:
+    st = _fs.lstat_at(parent_fd, name)
+    if st is None:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        raise AgentStateLinkError(
+            f"{path}: a {_fs.kind_of(st)} owned by uid {st.st_uid} stands where the engine keeps accounts' state; "
+            "move it away and rerun"
+        )
+    return _fs.open_dir_at(parent_fd, name)
+
+
+def apply_root(job: Job, root: RootPlan, store_fd: t.Optional[int]) -> int:
+    """Do root's part of the plan; return the store root's descriptor (made now at a first build).
+
+    Root creates directories only in directories that root owns and nobody else can write, or
+    through a descriptor of the store root it has checked; each is made under a temporary name
+    and renamed into place once owned and moded (see _fs.make_dir_at)."""
+    for path, uid, gid, mode in root.directories:
+        parent = os.path.dirname(path)
+        if store_fd is not None and is_within(parent, job.store_root):
+            parts = os.path.relpath(parent, job.store_root).split("/")
+            parent_fd = _fs.walk_at(store_fd, [] if parts == ["."] else parts)
+        else:
+            parent_fd = _fs.open_anchor(parent)
+        if parent_fd is None:
+            raise AgentStateLinkError(f"{parent}: vanished while the run was planned; rerun")
+        try:
+            _fs.make_dir_at(parent_fd, os.path.basename(path), uid, gid, mode)
+        finally:
+            os.close(parent_fd)
+        if path == job.store_root:
+            store_fd = _fs.open_anchor(path)
+    if store_fd is None:
+        raise AgentStateLinkError(f"{job.store_root}: could not be created")
+    if root.store_owner is not None:
+        os.fchown(store_fd, *root.store_owner)
+    return store_fd
+
+
+def run_territory(job: Job, territory: P.Territory, check_mode: bool) -> t.Dict[str, t.Any]:
+    """One account's part, run as that account: plan its links and, unless in check mode, apply."""
+    try:
+        territory_fd = P.open_territory(job, territory)  # None: not made yet (check mode, or nothing kept at build)
+        try:
+            return _run_territory(job, territory, territory_fd, check_mode)
+        finally:
+            if territory_fd is not None:
+                os.close(territory_fd)
+    except OSError as exc:
+        raise AgentStateLinkError(describe_os_error(exc)) from exc
+
+
+def _run_territory(job: Job, territory: P.Territory, territory_fd: t.Optional[int], check_mode: bool) -> t.Dict[str, t.Any]:
+    meta_fd = B.open_meta(territory_fd)
+    try:
+        if meta_fd is not None and not check_mode:
+            B.clear_staging(meta_fd)
+        stamp = B.read_pending_backup(meta_fd) or B.new_backup_stamp()
+    finally:
+        if meta_fd is not None:
+            os.close(meta_fd)
+    territory_root = os.path.join(job.store_root, *territory.parts)
+    backup_dir = os.path.join(territory_root, META_DIR_NAME, B.BACKUPS_DIR_NAME, stamp)
+    with P.Planner(job, territory, territory_fd, backup_dir) as planner:
+        plan = planner.plan()
+    warnings: t.List[str] = []
+    if not check_mode and not (job.conflict == "fail" and _conflicts(plan)):
+        if plan.changed:
+            with Executor(plan, territory_fd) as executor:
+                try:
+                    if any(link_plan.conflicts() for link_plan in plan.links):
+                        with B.pending_backup(executor._meta_fd(), stamp):
+                            executor.run()
+                    else:
+                        executor.run()
+                finally:
+                    warnings = executor.warnings
+        meta_fd = B.open_meta(territory_fd)
+        if meta_fd is not None:  # an interrupted run's backup is complete once a run succeeds
+            B.discard_pending_backup(meta_fd)
+            os.close(meta_fd)
+    return territory_report(plan, warnings)
 
 
 def check_mounted(volume: str) -> None:
@@ -117,136 +347,17 @@ def _unescape(field: bytes) -> str:
     return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field))
 
 
-def _lock(job: Job) -> t.Tuple[int, int]:
-    """Take the volume's lock, so concurrent runs serialize; return (lock fd, meta dir fd)."""
-    volume_fd = _fs.open_anchor(job.volume)
-    if volume_fd is None:
-        raise AgentStateLinkError(f"volume: {job.volume} does not exist")
-    try:
-        meta_fd = ensure_private_dir(volume_fd, META_DIR_NAME)
-    finally:
-        os.close(volume_fd)
-    try:
-        lock_fd = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=meta_fd)
-    except BaseException:
-        os.close(meta_fd)
-        raise
-    try:
-        _wait_for_lock(job, lock_fd, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(lock_fd)
-        os.close(meta_fd)
-        raise
-    clear_staging(meta_fd)
-    return lock_fd, meta_fd
+def _conflicts(plan: P.TerritoryPlan) -> t.List[t.Dict[str, str]]:
+    return [
+        {"path": step.path, "why": "volume entry in the way" if step.action is P.Action.BACKUP_VOLUME_ENTRY else "differs from the volume copy"}
+        for link_plan in plan.links for step in link_plan.conflicts()
+    ]
 
 
-def _share_lock(job: Job) -> t.Optional[int]:
-    """Check mode: wait until no run holds the volume's lock, then hold it shared while planning, so
-    that an audit never reads a tree that a start is migrating.  Creates nothing (check mode changes
-    nothing): without a bookkeeping directory of ours and a lock in it, returns None."""
-    volume_fd = _fs.open_anchor(job.volume)
-    if volume_fd is None:
-        return None
-    try:
-        meta_fd = _fs.open_private_dir(volume_fd, META_DIR_NAME)
-    finally:
-        os.close(volume_fd)
-    if meta_fd is None:
-        return None
-    try:
-        lock_fd = os.open(LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=meta_fd)
-    except FileNotFoundError:
-        return None
-    finally:
-        os.close(meta_fd)
-    try:
-        _wait_for_lock(job, lock_fd, fcntl.LOCK_SH)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return lock_fd
-
-
-def _wait_for_lock(job: Job, lock_fd: int, operation: int) -> None:
-    deadline = time.monotonic() + job.lock_timeout
-    while True:
-        try:
-            fcntl.flock(lock_fd, operation | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise AgentStateLinkError(
-                    f"lock_timeout: another agent_state_link run still holds {job.volume}/{META_DIR_NAME}/{LOCK_NAME} "
-                    f"after {job.lock_timeout:g} s"
-                ) from None
-            time.sleep(0.05)
-
-
-def _backup_dir(job: Job, meta_fd: t.Optional[int]) -> str:
-    store_root = job.seed_store if job.state == "prepared" else job.volume
-    if store_root is None:
-        raise AssertionError("state=prepared without seed_store")
-    stamp = None
-    peek_fd = None
-    if meta_fd is None:  # check mode: read (only) what the real run will read, to predict it exactly
-        root_fd = _fs.open_anchor(store_root)
-        if root_fd is not None:
-            try:
-                peek_fd = meta_fd = _fs.open_private_dir(root_fd, META_DIR_NAME)
-            finally:
-                os.close(root_fd)
-    try:
-        if meta_fd is not None:
-            with open(PENDING_BACKUP_NAME, encoding="utf-8", opener=_nofollow_opener(meta_fd)) as pending:
-                stamp = pending.read().strip() or None
-    except FileNotFoundError:
-        pass
-    finally:
-        if peek_fd is not None:
-            os.close(peek_fd)
-    if stamp is None:
-        now = time.time()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    return os.path.join(store_root, META_DIR_NAME, "backups", stamp)
-
-
-def _nofollow_opener(dir_fd: int) -> t.Callable[[str, int], int]:
-    return lambda name, flags: os.open(name, flags | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
-
-
-def _with_pending_backup(plan: P.JobPlan, meta_fd: t.Optional[int], action: t.Callable[[], None]) -> None:
-    """Record the backup directory while a run that backs things up is in flight."""
-    backs_up = any(plan_link.conflicts() for plan_link in plan.links)
-    if meta_fd is None or not backs_up:
-        action()
-        return
-    with open(PENDING_BACKUP_NAME, "w", encoding="utf-8", opener=_nofollow_opener(meta_fd)) as pending:
-        pending.write(os.path.basename(plan.backup_dir))
-        pending.flush()
-        os.fsync(pending.fileno())
-    action()
-    os.unlink(PENDING_BACKUP_NAME, dir_fd=meta_fd)
-
-
-def _discard_pending_backup(meta_fd: int) -> None:
-    """Left in place, a record would send every later run's backups into the same directory,
-    where a second conflict on the same path would then refuse the run."""
-    try:
-        os.unlink(PENDING_BACKUP_NAME, dir_fd=meta_fd)
-    except FileNotFoundError:
-        pass
-
-
-def _refuse_conflicts(plan: P.JobPlan) -> None:
-    if plan.job.conflict != "fail":
-        return
-    conflicts = [step for link_plan in plan.links for step in link_plan.conflicts()]
-    if conflicts:
-        listed = "; ".join(
-            f"{step.path} ({'volume entry in the way' if step.action == P.BACKUP_VOLUME_ENTRY else 'differs from the volume copy'})"
-            for step in conflicts
-        )
+def _refuse_conflicts(results: t.Sequence[t.Mapping[str, t.Any]]) -> None:
+    conflicts = [conflict for result in results for conflict in result["conflicts"]]
+    if results and results[0]["conflict_policy"] == "fail" and conflicts:
+        listed = "; ".join(f"{conflict['path']} ({conflict['why']})" for conflict in conflicts)
         raise AgentStateLinkError(f"conflict=fail: {len(conflicts)} conflict(s), nothing changed: {listed}")
 
 
@@ -269,61 +380,91 @@ def describe_os_error(exc: OSError) -> str:
     return f"{cause}{where}; everything not yet in the volume is still at its path, fix the cause and rerun ({exc})"
 
 
-def report(plan: P.JobPlan, warnings: t.Sequence[str]) -> t.Dict[str, t.Any]:
-    """The module result: changed, per-link records, and a diff per changed link."""
-    links = [_link_record(link_plan) for link_plan in plan.links]
-    diff = [_link_diff(link_plan, plan.job.state) for link_plan in plan.links if link_plan.changed]
-    if plan.volume_owner is not None:
-        diff.insert(0, {
-            "before_header": plan.job.volume, "after_header": plan.job.volume,
-            "before": {"path": plan.job.volume, "owner": "other"},
-            "after": {"path": plan.job.volume, "owner": f"{plan.volume_owner[0]}:{plan.volume_owner[1]}"},
-        })
-    backups = sorted({step.dest for link_plan in plan.links for step in link_plan.steps if step.action in P.CONFLICT_ACTIONS})
+def territory_report(plan: P.TerritoryPlan, warnings: t.Sequence[str]) -> t.Dict[str, t.Any]:
+    """One account's part of the module result, as JSON data (it crosses from the account's process)."""
+    backups = any(link_plan.conflicts() for link_plan in plan.links)
     return printable({
-        "changed": plan.changed,
-        "links": links,
+        "links": [_link_record(link_plan) for link_plan in plan.links],
+        "diff": {str(link_plan.link.index): _link_diff(link_plan, plan.job.state) for link_plan in plan.links if link_plan.changed},
         "backup_dir": plan.backup_dir if backups else None,
-        "volume_owner_changed": plan.volume_owner is not None,
-        "diff": diff,
+        "conflicts": _conflicts(plan),
+        "conflict_policy": plan.job.conflict,
         "warnings": list(warnings),
+    })
+
+
+def report(job: Job, root: RootPlan, results: t.Sequence[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+    """The module result: changed, per-link records in the order given, and a diff per changed link."""
+    records = sorted((record for result in results for record in result["links"]), key=lambda record: record["index"])
+    diffs = {int(index): diff for result in results for index, diff in result["diff"].items()}
+    diff = []
+    if root.store_owner is not None:
+        diff.append({
+            "before_header": job.store_root, "after_header": job.store_root,
+            "before": {"path": job.store_root, "owner": "other"},
+            "after": {"path": job.store_root, "owner": f"{root.store_owner[0]}:{root.store_owner[1]}"},
+        })
+    for record in records:
+        root_steps = root.steps.get(record["index"], [])
+        if root_steps:
+            record["steps"] = root_steps + record["steps"]
+            record["actions"] = list(dict.fromkeys(step["action"] for step in record["steps"]))
+            record["changed"] = True
+        if record["index"] in diffs:
+            diff.append(diffs[record["index"]])
+        del record["index"]
+    backup_dirs = [result["backup_dir"] for result in results if result["backup_dir"]]
+    return printable({
+        "changed": root.changed or any(record["changed"] for record in records),
+        "links": records,
+        "backup_dir": backup_dirs[0] if backup_dirs else None,
+        "volume_owner_changed": root.store_owner is not None,
+        "diff": diff,
+        "warnings": [warning for result in results for warning in result["warnings"]],
     })
 
 
 def _link_record(link_plan: P.LinkPlan) -> t.Dict[str, t.Any]:
     link = link_plan.link
 
-    def paths(*actions: str) -> t.List[str]:
-        return [step.path for step in link_plan.steps if step.action in actions]
+    def paths(action: P.Action) -> t.List[str]:
+        return [step.path for step in link_plan.steps if step.action is action]
 
     return {
+        "index": link.index,
         "path": link.path,
         "target": link.target,
         "kind": link.kind,
-        "before": link_plan.before,
-        "target_before": link_plan.target_before,
+        "before": str(link_plan.before),
+        "target_before": _target_text(link_plan.target_before),
         "changed": link_plan.changed,
         "actions": link_plan.actions(),
         "steps": [step.as_dict() for step in link_plan.steps],
-        "migrated": paths(P.MOVE),
-        "duplicates_removed": paths(P.DROP_DUPLICATE),
+        "migrated": paths(P.Action.MOVE),
+        "duplicates_removed": paths(P.Action.DROP_DUPLICATE),
         "backups": [{"path": step.path, "backup": step.dest} for step in link_plan.conflicts()],
     }
+
+
+def _target_text(entry: t.Optional[P.Entry]) -> str:
+    return "not inspected (state=prepared)" if entry is None else str(entry)
 
 
 def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
     """Before and after of the path and of the target, the shape ansible.builtin.file uses."""
     link = link_plan.link
+    target_before = _target_text(link_plan.target_before)
     if state == "absent":
-        restored = any(step.action in (P.RESTORE, P.CREATE_EMPTY) for step in link_plan.steps)
-        after = {"path": link.kind if restored else "missing", "target": link_plan.target_before}
+        restored = any(step.action in (P.Action.RESTORE, P.Action.CREATE_EMPTY) for step in link_plan.steps)
+        after = {"path": link.kind if restored else "missing", "target": target_before}
     else:
-        filled = link.kind == "directory" or link_plan.target_before == "file" or _fills_file_target(link_plan)
+        target_kind = None if link_plan.target_before is None else link_plan.target_before.kind.value
+        filled = link.kind == "directory" or target_kind == "file" or _fills_file_target(link_plan)
         after = {"path": f"link to {link.target}", "target": link.kind if filled else "missing"}
     return {
         "before_header": link.path,
         "after_header": link.path,
-        "before": {"path": link_plan.before, "target": link_plan.target_before},
+        "before": {"path": str(link_plan.before), "target": target_before},
         "after": after,
     }
 
@@ -331,7 +472,7 @@ def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
 def _fills_file_target(link_plan: P.LinkPlan) -> bool:
     """Whether a step puts content at a file target (which is otherwise left missing)."""
     for step in link_plan.steps:
-        written = step.path if step.action == P.CREATE_FILE else step.dest
-        if step.action in (P.MOVE, P.SEED, P.CREATE_FILE) and written == link_plan.store:
+        written = step.path if step.action is P.Action.CREATE_FILE else step.dest
+        if step.action in (P.Action.MOVE, P.Action.SEED, P.Action.CREATE_FILE) and written == link_plan.store:
             return True
     return False

@@ -61,9 +61,10 @@ def open_dir_at(dir_fd: int, name: str) -> int:
 def open_anchor(path: str) -> t.Optional[int]:
     """Open a configured directory (home parent, volume, seed store) from ``/``.
 
-    A symlink on the way is followed only when root owns it: distributions link e.g. ``/home``
-    to ``/var/home``, and only root could have made such a link.  A link owned by anybody else
-    is refused.  Returns None when the directory does not exist.
+    A symlink on the way is followed only when root owns it and it sits in a directory that only
+    root can write: distributions link e.g. ``/home`` to ``/var/home``, and only root could have
+    made or moved such a link.  Any other link is refused.  Returns None when the directory does
+    not exist.
     """
     fd = os.open("/", DIR_FLAGS)
     try:
@@ -73,9 +74,12 @@ def open_anchor(path: str) -> t.Optional[int]:
                 os.close(fd)
                 return None
             if stat.S_ISLNK(st.st_mode):
-                if st.st_uid != 0:
+                parent = os.fstat(fd)
+                if st.st_uid != 0 or parent.st_uid != 0 or parent.st_mode & 0o022:
                     raise AgentStateLinkError(
-                        f"{path}: component {part!r} is a symlink owned by uid {st.st_uid}; refusing to follow it"
+                        f"{path}: component {part!r} is a symlink owned by uid {st.st_uid} in a directory owned by uid "
+                        f"{parent.st_uid} with mode {stat.S_IMODE(parent.st_mode):04o}; only a root-owned link in a "
+                        "directory that only root can write is followed"
                     )
                 next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             elif stat.S_ISDIR(st.st_mode):
@@ -88,6 +92,29 @@ def open_anchor(path: str) -> t.Optional[int]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def is_mount_point_at(dir_fd: int, name: str) -> bool:
+    """Whether the entry ``name`` is a mount point (a bind mount on the same filesystem included)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        inner, outer = _mount_id(fd), _mount_id(dir_fd)
+        if inner is None or outer is None:  # no /proc: a different device is all that can be told
+            return os.fstat(fd).st_dev != os.fstat(dir_fd).st_dev
+        return inner != outer
+    finally:
+        os.close(fd)
+
+
+def _mount_id(fd: int) -> t.Optional[int]:
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
@@ -398,21 +425,72 @@ def remove_copied(dir_fd: int, name: str, manifest: t.Mapping[str, Identity], re
     return True
 
 
-def replace_with_symlink(dir_fd: int, name: str, target: str, uid: int, gid: int) -> None:
+def replace_with_symlink(dir_fd: int, name: str, target: str) -> None:
     """Make ``name`` a symlink to ``target`` atomically (via a temporary link and rename).
 
-    An existing symlink or file is swapped in one step.  An empty directory is removed first
-    (rename cannot replace a directory with a link); rmdir refuses a non-empty one, so no
-    content can be lost here.
+    Only a missing entry, a symlink or an empty directory (rmdir refuses any other) is replaced.
+    A link is swapped by an atomic exchange, so that a file saved there in the meantime comes
+    back instead of being overwritten; anything else (a file written after the run copied it,
+    say) is refused: no content can be lost here.  The link is owned by whoever runs this, the
+    account that owns the state (see _privsep).
     """
     tmp = stale_link_name(name)
     remove_stale_link(dir_fd, name)
     os.symlink(target, tmp, dir_fd=dir_fd)
-    os.chown(tmp, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-    st = lstat_at(dir_fd, name)
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        os.rmdir(name, dir_fd=dir_fd)
-    os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    try:
+        st = lstat_at(dir_fd, name)
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            os.rmdir(name, dir_fd=dir_fd)
+            st = None
+        if st is None:
+            rename_noreplace_at(dir_fd, tmp, dir_fd, name)
+            return
+        if not stat.S_ISLNK(st.st_mode):
+            raise AgentStateLinkError(
+                f"{name}: a {kind_of(st)} stands there (written after the run copied it); nothing was replaced, rerun"
+            )
+        replaced = swap_at(dir_fd, tmp, name)
+        if replaced is not None and not stat.S_ISLNK(replaced.st_mode):
+            swap_at(dir_fd, tmp, name)  # a file saved meanwhile: put it back
+            raise AgentStateLinkError(f"{name}: a file was saved there while the link was replaced; kept it, rerun")
+    finally:
+        if lstat_at(dir_fd, tmp) is not None:
+            os.unlink(tmp, dir_fd=dir_fd)
+
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+
+
+def rename_noreplace_at(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """rename(2) that fails with EEXIST instead of replacing an entry that appeared at ``dst``."""
+    if not _renameat2(src_dir, src, dst_dir, dst, RENAME_NOREPLACE):
+        if lstat_at(dst_dir, dst) is not None:  # no renameat2 here: the best a plain rename allows
+            raise FileExistsError(errno.EEXIST, "File exists", dst)
+        os.rename(src, dst, src_dir_fd=src_dir, dst_dir_fd=dst_dir)
+
+
+def swap_at(dir_fd: int, new: str, name: str) -> t.Optional[os.stat_result]:
+    """Put ``new`` at ``name`` and whatever stood at ``name`` at ``new``, atomically, and return
+    the status of what was replaced.  Without renameat2, a plain rename (None is returned)."""
+    if _renameat2(dir_fd, new, dir_fd, name, RENAME_EXCHANGE):
+        return lstat_at(dir_fd, new)
+    os.rename(new, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    return None
+
+
+def _renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int) -> bool:
+    """renameat2(2); False when the kernel, libc or filesystem lacks it."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), dst)
 
 
 def stale_link_name(name: str) -> str:

@@ -5,15 +5,22 @@
 """Read the filesystem (never writing, never following links) and plan every link as data.
 
 Private to the agor.persistence collection.  The same plan serves check mode, diff mode, the
-audit report and the real run, which executes the steps in order (see _apply).
+audit report and the real run, which executes the steps in plan order (see _apply).
+
+Planning runs as the account that owns the links it plans (see _privsep): it reads only what that
+account can read, and a directory on the way to a target that another account could write or own
+is refused, never entered.
 """
 
 from __future__ import annotations
 
+import enum
 import os
+import stat
 import typing as t
 from dataclasses import dataclass, field
 
+from ansible_collections.agor.persistence.plugins.module_utils import _bookkeeping as B
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
 from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     META_DIR_NAME,
@@ -22,46 +29,99 @@ from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     LinkSpec,
 )
 
-# Step actions, in the order a link's steps run.
-BACKUP_VOLUME_ENTRY = "backup_volume_entry"  # a link or wrong-kind entry stands where a target (or its parent) goes
-CREATE_DIRECTORY = "create_directory"        # a missing target or parent below the volume
-SET_OWNER = "set_owner"                      # an existing target owned by somebody else (not recursive)
-CREATE_HOME_DIRECTORY = "create_home_directory"  # a missing parent of the state path
-MOVE = "move"                                # home entry -> volume (rename, or copy+verify+remove)
-BACKUP = "backup"                            # conflicting home entry -> backup location in the volume
-DROP_DUPLICATE = "drop_duplicate"            # home entry already identical in the volume: remove it
-SEED = "seed"                                # image default -> empty target
-CREATE_FILE = "create_file"                  # file target from initial_content
-LINK = "link"                                # the state path becomes the symlink
-RESTORE = "restore"                          # state=absent: copy of the target back at the path
-CREATE_EMPTY = "create_empty"                # state=absent: empty directory at the path
-REMOVE_LINK = "remove_link"                  # state=absent: a link whose file target never existed
 
-CONFLICT_ACTIONS = (BACKUP_VOLUME_ENTRY, BACKUP)
-MIGRATION_ACTIONS = (MOVE, BACKUP, DROP_DUPLICATE)
+class Action(str, enum.Enum):
+    """What a step does, listed in the order a link's steps run."""
+
+    BACKUP_VOLUME_ENTRY = "backup_volume_entry"      # a link or wrong-kind entry stands where a target (or its parent) goes
+    CREATE_DIRECTORY = "create_directory"            # a missing target or parent below the territory's root
+    SET_GROUP = "set_group"                          # an existing target of the link's owner with another group
+    CREATE_HOME_DIRECTORY = "create_home_directory"  # a missing parent of the state path
+    MOVE = "move"                                    # home entry -> store (rename, or copy+verify+remove)
+    BACKUP = "backup"                                # conflicting home entry -> backup location
+    DROP_DUPLICATE = "drop_duplicate"                # home entry already identical in the store: remove it
+    SEED = "seed"                                    # image default -> empty target
+    CREATE_FILE = "create_file"                      # file target from initial_content
+    LINK = "link"                                    # the state path becomes the symlink
+    CLEAR_RESTORE = "clear_restore"                  # state=absent: an interrupted restore's leftover copy
+    RESTORE = "restore"                              # state=absent: copy of the target back at the path
+    CREATE_EMPTY = "create_empty"                    # state=absent: empty directory at the path
+    REMOVE_LINK = "remove_link"                      # state=absent: a link whose file target never existed
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CONFLICT_ACTIONS = (Action.BACKUP_VOLUME_ENTRY, Action.BACKUP)
+# Moves run as one batch per link, so that one sync covers every copy of the batch.
+BATCHED_ACTIONS = (Action.MOVE, Action.BACKUP)
+
+
+class Kind(str, enum.Enum):
+    MISSING = "missing"
+    DIRECTORY = "directory"
+    FILE = "file"
+    LINK = "link"
+    OTHER = "other"  # a socket, FIFO or device
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What stands at a path: its kind, and for a symlink the text it holds."""
+
+    kind: Kind
+    link_text: str = ""
+
+    def __str__(self) -> str:
+        return f"link to {self.link_text}" if self.kind is Kind.LINK else self.kind.value
+
+    def points_to(self, target: str) -> bool:
+        return self.kind is Kind.LINK and os.path.normpath(self.link_text) == target
+
+
+MISSING = Entry(Kind.MISSING)
+
+
+def entry_at(dir_fd: t.Optional[int], name: str) -> Entry:
+    if dir_fd is None:
+        return MISSING
+    kind = Kind(_fs.kind_of(_fs.lstat_at(dir_fd, name)))
+    return Entry(kind, os.readlink(name, dir_fd=dir_fd) if kind is Kind.LINK else "")
 
 
 @dataclass(frozen=True)
 class Step:
-    action: str
+    action: Action
     path: str
     dest: str = ""
     # For drop_duplicate: the source's identity when it was compared, re-checked before removal.
+    # For restore: the link's identity when it was planned, re-checked before it is replaced.
     identity: t.Optional[_fs.Identity] = None
 
     def as_dict(self) -> t.Dict[str, str]:
-        result = {"action": self.action, "path": self.path}
+        result = {"action": self.action.value, "path": self.path}
         if self.dest:
             result["dest"] = self.dest
         return result
 
 
+@dataclass(frozen=True)
+class Territory:
+    """The links of one account, and where below the store root it keeps them: the store root
+    itself for the store root's owner, ``users/<name>`` for any other account."""
+
+    uid: int
+    gid: int
+    parts: t.Tuple[str, ...]
+    links: t.Tuple[LinkSpec, ...]
+
+
 @dataclass
 class LinkPlan:
     link: LinkSpec
-    store: str          # where the content lives for this run: the target, or its place in the seed store
-    before: str         # what stood at the path: missing, directory, file, other, or "link to X"
-    target_before: str  # what stood at the target
+    store: str                       # where the content lives for this run: the target, or its place in the seed store
+    before: Entry                    # what stood at the path
+    target_before: t.Optional[Entry]  # what stood at the target; None when not inspected (prepared, nothing to keep)
     steps: t.List[Step] = field(default_factory=list)
 
     @property
@@ -71,8 +131,8 @@ class LinkPlan:
     def actions(self) -> t.List[str]:
         seen: t.List[str] = []
         for step in self.steps:
-            if step.action not in seen:
-                seen.append(step.action)
+            if step.action.value not in seen:
+                seen.append(step.action.value)
         return seen
 
     def conflicts(self) -> t.List[Step]:
@@ -80,42 +140,75 @@ class LinkPlan:
 
 
 @dataclass
-class JobPlan:
+class TerritoryPlan:
     job: Job
+    territory: Territory
     links: t.List[LinkPlan]
     backup_dir: str
-    volume_owner: t.Optional[t.Tuple[int, int]] = None  # set when the volume root must be re-owned
 
     @property
     def changed(self) -> bool:
-        return self.volume_owner is not None or any(plan.changed for plan in self.links)
-
-
-def describe_at(dir_fd: t.Optional[int], name: str) -> str:
-    if dir_fd is None:
-        return "missing"
-    st = _fs.lstat_at(dir_fd, name)
-    kind = _fs.kind_of(st)
-    if kind == "link":
-        return f"link to {os.readlink(name, dir_fd=dir_fd)}"
-    return kind
+        return any(plan.changed for plan in self.links)
 
 
 def backup_location(backup_dir: str, path: str) -> str:
     return os.path.join(backup_dir, path.lstrip("/"))
 
 
-class Planner:
-    """Plans one job.  Holds the anchor descriptors it opened; close() releases them."""
+def open_territory(job: Job, territory: Territory) -> t.Optional[int]:
+    """Open the territory's root below the store root, checking that the account may trust it:
+    ``users`` owned by root and writable by nobody else, ``users/<name>`` owned by the account.
+    None when it does not exist yet (check mode, or a first image build)."""
+    store_fd = _fs.open_anchor(job.store_root)
+    if store_fd is None:
+        return None
+    fd = store_fd
+    try:
+        path = job.store_root
+        for index, part in enumerate(territory.parts):
+            path = os.path.join(path, part)
+            try:
+                next_fd = _fs.open_dir_at(fd, part)
+            except FileNotFoundError:
+                os.close(fd)
+                return None
+            os.close(fd)
+            fd = next_fd
+            owner = territory.uid if index == len(territory.parts) - 1 else 0
+            check_safe_dir(fd, path, (owner,))
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
-    def __init__(self, job: Job, backup_dir: str) -> None:
+
+def check_safe_dir(fd: int, path: str, owners: t.Sequence[int]) -> None:
+    """Refuse a directory on the way to a target that another account owns or can write."""
+    st = os.fstat(fd)
+    if st.st_uid not in owners or st.st_mode & 0o022:
+        allowed = " or ".join(f"uid {uid}" for uid in owners)
+        raise AgentStateLinkError(
+            f"{path}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; a directory on the way to a "
+            f"target must be owned by {allowed} and writable by nobody else (another account could redirect the "
+            "state there); fix its owner and mode or move it away"
+        )
+
+
+class Planner:
+    """Plans one territory.  Holds the descriptors it opened; close() releases them."""
+
+    def __init__(self, job: Job, territory: Territory, territory_fd: t.Optional[int], backup_dir: str) -> None:
         self.job = job
+        self.territory = territory
         self.backup_dir = backup_dir
-        self.store_root = job.seed_store if job.state == "prepared" else job.volume
+        self.store_root = job.store_root
+        self.territory_root = os.path.join(job.store_root, *territory.parts)
+        self.territory_fd = territory_fd
+        self.meta_path = os.path.join(self.territory_root, META_DIR_NAME)
         self._anchors: t.Dict[str, t.Optional[int]] = {}
         # Directories created or entries backed up by an earlier link's steps: links can share
-        # parents (e.g. users/<name>/ in the volume), and each change must be planned once.
-        self._shared: t.Set[t.Tuple[str, str]] = set()
+        # parents (e.g. .local/ for .local/share/opencode), and each change must be planned once.
+        self._shared: t.Set[t.Tuple[Action, str]] = set()
 
     def close(self) -> None:
         for fd in self._anchors.values():
@@ -123,18 +216,22 @@ class Planner:
                 os.close(fd)
         self._anchors.clear()
 
+    def __enter__(self) -> "Planner":
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
     def anchor(self, path: str) -> t.Optional[int]:
         if path not in self._anchors:
             self._anchors[path] = _fs.open_anchor(path)
         return self._anchors[path]
 
     def meta_fd(self) -> t.Optional[int]:
-        """The store's bookkeeping directory, when it exists and nobody but us could have written it."""
-        key = os.path.join(self.store_root, META_DIR_NAME)
-        if key not in self._anchors:
-            root_fd = self.anchor(self.store_root)
-            self._anchors[key] = None if root_fd is None else _fs.open_private_dir(root_fd, META_DIR_NAME)
-        return self._anchors[key]
+        """The territory's bookkeeping directory, when it exists and nobody but us could have written it."""
+        if self.meta_path not in self._anchors:
+            self._anchors[self.meta_path] = B.open_meta(self.territory_fd)
+        return self._anchors[self.meta_path]
 
     def _once(self, step: Step) -> t.List[Step]:
         """The step, unless an earlier link already planned it."""
@@ -147,25 +244,23 @@ class Planner:
     def store_path(self, link: LinkSpec) -> str:
         return os.path.join(self.store_root, self.job.relative_target(link))
 
-    def plan(self) -> JobPlan:
-        plans = [self._plan_link(link) for link in self.job.links]
-        result = JobPlan(job=self.job, links=plans, backup_dir=self.backup_dir)
-        if self.job.manage_volume_root and self.job.state == "present":
-            st = os.fstat(self._require_anchor(self.job.volume, "volume"))
-            if (st.st_uid, st.st_gid) != (self.job.uid, self.job.gid):
-                result.volume_owner = (self.job.uid, self.job.gid)
-        return result
+    def territory_parts(self, link: LinkSpec) -> t.List[str]:
+        """The target's path components below the territory's root."""
+        return self.job.relative_target(link).split("/")[len(self.territory.parts):]
 
-    def _require_anchor(self, path: str, name: str) -> int:
-        fd = self.anchor(path)
-        if fd is None:
-            raise AgentStateLinkError(f"{name}: {path} does not exist")
-        return fd
+    def plan(self) -> TerritoryPlan:
+        plans = [self._plan_link(link) for link in self.territory.links]
+        return TerritoryPlan(job=self.job, territory=self.territory, links=plans, backup_dir=self.backup_dir)
 
     def _plan_link(self, link: LinkSpec) -> LinkPlan:
         home_dir, name = os.path.split(link.path)
         home_fd = self.anchor(home_dir)
-        plan = LinkPlan(link=link, store=self.store_path(link), before=describe_at(home_fd, name), target_before="missing")
+        plan = LinkPlan(link=link, store=self.store_path(link), before=entry_at(home_fd, name), target_before=MISSING)
+        if plan.before.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, home_fd), name):
+            raise AgentStateLinkError(
+                f"{link.where}.path: {link.path} is a mount point; it cannot be moved into the volume or replaced "
+                "by a link: unmount it, or drop this link"
+            )
         if self.job.state == "absent":
             self._plan_absent(plan, home_fd, name)
         else:
@@ -176,75 +271,78 @@ class Planner:
 
     def _plan_present(self, plan: LinkPlan, home_fd: t.Optional[int], name: str) -> None:
         link = plan.link
-        home_kind = "link" if plan.before.startswith("link to ") else plan.before  # described once, in _plan_link
-        if self.job.state == "prepared" and home_kind not in ("directory", "file"):
+        in_place = plan.before.points_to(link.target)
+        home_kind = plan.before.kind
+        if self.job.state == "prepared" and home_kind not in (Kind.DIRECTORY, Kind.FILE):
             # Image build with nothing to keep: only the (dangling) link is made, no seed entry.
             store_exists = False
-            plan.target_before = "not inspected (state=prepared)"
+            plan.target_before = None
         else:
             store_exists = self._plan_store(plan)
         if home_fd is None:
-            plan.steps.extend(self._missing_directories(os.path.dirname(link.path), CREATE_HOME_DIRECTORY))
+            plan.steps.extend(self._missing_directories(os.path.dirname(link.path), Action.CREATE_HOME_DIRECTORY))
         migrated = False
-        if plan.before == f"link to {link.target}":
-            home_kind = "link"  # already in place: nothing to migrate or relink, the target may still need content
-        if home_kind == link.kind:
+        if home_kind.value == link.kind and not in_place:
             migrated = self._plan_migration(plan, home_fd, name, store_exists)
-        elif home_kind == "other":
+        elif home_kind is Kind.OTHER:
             self._refuse_unmovable(home_fd, name, os.path.dirname(link.path))
-        elif home_kind in ("directory", "file"):
+        elif home_kind in (Kind.DIRECTORY, Kind.FILE):
             plan.steps.extend(self._plan_backup(home_fd, name, link.path))
         if not migrated and self.job.state == "present":
             plan.steps.extend(self._plan_fill(plan, store_exists))
-        if plan.before != f"link to {link.target}":
-            plan.steps.append(Step(LINK, link.path, link.target))
+        if not in_place:
+            plan.steps.append(Step(Action.LINK, link.path, link.target))
 
     def _plan_store(self, plan: LinkPlan) -> bool:
-        """Plan the target chain below the store root; return whether the target already exists."""
+        """Plan the target chain below the territory's root; return whether the target already exists."""
         link = plan.link
-        root_fd = self.anchor(self.store_root)
-        if root_fd is None:
-            if self.job.state == "present":
-                raise AgentStateLinkError(f"volume: {self.job.volume} does not exist")
-            plan.steps.extend(self._missing_directories(self.store_root, CREATE_DIRECTORY))
-        parts = self.job.relative_target(link).split("/")
-        fd = None if root_fd is None else os.dup(root_fd)
-        current = self.store_root
+        parts = self.territory_parts(link)
+        fd = None if self.territory_fd is None else os.dup(self.territory_fd)
+        current = self.territory_root
         try:
             for index, part in enumerate(parts):
                 current = os.path.join(current, part)
                 is_target = index == len(parts) - 1
                 st = None if fd is None else _fs.lstat_at(fd, part)
-                kind = _fs.kind_of(st)
+                entry = MISSING if fd is None else entry_at(fd, part)
                 if is_target:
-                    # describe_at(fd, part), from the status just taken
-                    plan.target_before = f"link to {os.readlink(part, dir_fd=fd)}" if kind == "link" and fd is not None else kind
-                wanted = link.kind if is_target else "directory"
-                if kind not in ("missing", wanted):
-                    plan.steps.extend(self._once(Step(BACKUP_VOLUME_ENTRY, current, self._free_backup_location(current))))
-                    kind = "missing"
-                if kind == "missing":
+                    plan.target_before = entry
+                wanted = Kind(link.kind) if is_target else Kind.DIRECTORY
+                if entry.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, fd), part):
+                    raise AgentStateLinkError(
+                        f"{link.where}.target: {current} is a mount point; a target must be an ordinary entry of the "
+                        "volume (mount the volume at or above the target's parent instead)"
+                    )
+                if entry.kind not in (Kind.MISSING, wanted):
+                    plan.steps.extend(self._once(Step(Action.BACKUP_VOLUME_ENTRY, current, self._free_backup_location(current))))
+                    st = None
+                if st is None:
                     if fd is not None:
                         os.close(fd)
                         fd = None
                     if not is_target or link.kind == "directory":
-                        plan.steps.extend(self._once(Step(CREATE_DIRECTORY, current)))
+                        plan.steps.extend(self._once(Step(Action.CREATE_DIRECTORY, current)))
                     continue
+                if st.st_uid != link.uid:
+                    raise AgentStateLinkError(
+                        f"{link.where}.target: {current} is owned by uid {st.st_uid}, not by the link's owner uid "
+                        f"{link.uid}: it was made or moved there by another account; move it away (or give it to uid "
+                        f"{link.uid}) and rerun"
+                    )
                 if is_target:
-                    if st is None or fd is None:
-                        raise AssertionError("target reached without its status")
-                    if (st.st_uid, st.st_gid) != (link.uid, link.gid):
-                        plan.steps.append(Step(SET_OWNER, current))
+                    if st.st_gid != link.gid:
+                        plan.steps.append(Step(Action.SET_GROUP, current))
                     return True
-                next_fd = _fs.open_dir_at(fd, part)
-                os.close(fd)
+                next_fd = _fs.open_dir_at(t.cast(int, fd), part)
+                os.close(t.cast(int, fd))
                 fd = next_fd
+                check_safe_dir(fd, current, (0, t.cast(int, link.uid)))
             return False
         finally:
             if fd is not None:
                 os.close(fd)
 
-    def _missing_directories(self, path: str, action: str) -> t.List[Step]:
+    def _missing_directories(self, path: str, action: Action) -> t.List[Step]:
         """Steps creating ``path`` and its missing ancestors, outermost first."""
         missing: t.List[str] = []
         while self.anchor(path) is None:
@@ -259,56 +357,73 @@ class Planner:
         link = plan.link
         if link.kind == "file":
             if not store_exists:
-                plan.steps.append(Step(MOVE, link.path, plan.store))
-                st = _fs.lstat_at(home_fd, name)
-                if st is not None and (st.st_uid, st.st_gid) != (link.uid, link.gid):
-                    # The moved file is the target now: owned by the link's owner, or the next run re-owns it.
-                    plan.steps.append(Step(SET_OWNER, plan.store))
+                plan.steps.append(Step(Action.MOVE, link.path, plan.store))
                 return True
             plan.steps.extend(self._plan_entry(home_fd, name, link.path, plan.store))
             return False
         store_fd = self._open_store(plan) if store_exists else None
         try:
-            src_fd = _fs.open_dir_at(home_fd, name)
-            try:
-                steps = self._plan_dir_merge(src_fd, store_fd, link.path, plan.store)
-            finally:
-                os.close(src_fd)
+            steps = self._plan_dir_merge(home_fd, name, store_fd, link.path, plan.store)
         finally:
             if store_fd is not None:
                 os.close(store_fd)
         plan.steps.extend(steps)
-        return any(step.action == MOVE for step in steps)
+        return any(step.action is Action.MOVE for step in steps)
 
     def _open_store(self, plan: LinkPlan) -> int:
-        fd = _fs.walk_at(self._require_anchor(self.store_root, "volume"), self.job.relative_target(plan.link).split("/"))
+        fd = None if self.territory_fd is None else _fs.walk_at(self.territory_fd, self.territory_parts(plan.link))
         if fd is None:  # removed by somebody else since it was seen: refuse, nothing changed yet
             raise AgentStateLinkError(f"{self.store_path(plan.link)}: vanished while the run was planned; rerun")
         return fd
 
-    def _plan_dir_merge(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> t.List[Step]:
-        steps: t.List[Step] = []
-        for child in sorted(_fs.list_dir(src_fd)):
-            src_child, dst_child = os.path.join(src_path, child), os.path.join(dst_path, child)
-            dst_kind = "missing" if dst_fd is None else _fs.kind_of(_fs.lstat_at(dst_fd, child))
-            if dst_kind == "missing":
-                self._refuse_unmovable(src_fd, child, src_path)
-                steps.append(Step(MOVE, src_child, dst_child))
-            else:
-                steps.extend(self._plan_entry(src_fd, child, src_child, dst_child, dst_fd))
-        return steps
-
-    def _plan_entry(
-        self, src_fd: int, name: str, src_path: str, dst_path: str, dst_fd: t.Optional[int] = None,
+    def _plan_dir_merge(
+        self, parent_fd: int, name: str, dst_fd: t.Optional[int], src_path: str, dst_path: str,
     ) -> t.List[Step]:
-        """Plan a home entry whose name exists in the store: recurse, drop a duplicate, or back up."""
-        if dst_fd is None:
-            parent_fd = self._open_parent_in_store(dst_path)
-            try:
-                return self._plan_entry(src_fd, name, src_path, dst_path, parent_fd)
-            finally:
-                os.close(parent_fd)
-        steps = self._plan_existing(src_fd, name, src_path, dst_fd, os.path.basename(dst_path), dst_path)
+        """Plan merging the home directory ``name`` into the store directory ``dst_fd``: moves and
+        backups first, in the order found, then the duplicates to drop (the order they run in).
+
+        Depth first with an explicit stack: a tree may be deeper than Python's recursion limit.
+        """
+        moves: t.List[Step] = []
+        drops: t.List[Step] = []
+        stack = _MergeStack()
+        try:
+            stack.push(_fs.open_dir_at(parent_fd, name), None if dst_fd is None else os.dup(dst_fd), src_path, dst_path)
+            while stack:
+                frame = stack.top()
+                child = frame.next_child()
+                if child is None:
+                    stack.pop()
+                    continue
+                src_child, dst_child = os.path.join(frame.src_path, child), os.path.join(frame.dst_path, child)
+                dst_kind = Kind.MISSING if frame.dst_fd is None else entry_at(frame.dst_fd, child).kind
+                if dst_kind is Kind.MISSING:
+                    self._refuse_unmovable(frame.src_fd, child, frame.src_path)
+                    moves.append(Step(Action.MOVE, src_child, dst_child))
+                    continue
+                src_st = _fs.lstat_at(frame.src_fd, child)
+                src_kind = Kind(_fs.kind_of(src_st))
+                if src_kind is Kind.OTHER:
+                    self._refuse_unmovable(frame.src_fd, child, frame.src_path)
+                if src_kind is dst_kind is Kind.DIRECTORY:
+                    src_child_fd = _fs.open_dir_at(frame.src_fd, child)
+                    stack.push(src_child_fd, _fs.open_dir_at(t.cast(int, frame.dst_fd), child), src_child, dst_child)
+                elif src_st is not None and _fs.same_content_at(frame.src_fd, child, t.cast(int, frame.dst_fd), child):
+                    drops.append(Step(Action.DROP_DUPLICATE, src_child, dst_child, _fs.identity(src_st)))
+                else:
+                    for step in self._plan_backup(frame.src_fd, child, src_child):
+                        (drops if step.action is Action.DROP_DUPLICATE else moves).append(step)
+        finally:
+            stack.close()
+        return moves + drops
+
+    def _plan_entry(self, src_fd: int, name: str, src_path: str, dst_path: str) -> t.List[Step]:
+        """Plan a home entry whose name exists in the store: merge, drop a duplicate, or back up."""
+        parent_fd = self._open_parent_in_territory(dst_path)
+        try:
+            steps = self._plan_existing(src_fd, name, src_path, parent_fd, os.path.basename(dst_path), dst_path)
+        finally:
+            os.close(parent_fd)
         return self._plan_backup(src_fd, name, src_path) if steps is None else steps
 
     def _plan_existing(
@@ -317,35 +432,31 @@ class Planner:
         """Plan a home entry against an existing entry of the same name: merge two directories or
         drop an identical duplicate.  None when they conflict."""
         src_st = _fs.lstat_at(src_fd, name)
-        src_kind, dst_kind = _fs.kind_of(src_st), _fs.kind_of(_fs.lstat_at(dst_fd, dst_name))
-        if src_kind == "other":
+        src_kind, dst_kind = Kind(_fs.kind_of(src_st)), entry_at(dst_fd, dst_name).kind
+        if src_kind is Kind.OTHER:
             self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
-        if src_kind == dst_kind == "directory":
-            src_child_fd = _fs.open_dir_at(src_fd, name)
+        if src_kind is dst_kind is Kind.DIRECTORY:
+            dst_child_fd = _fs.open_dir_at(dst_fd, dst_name)
             try:
-                dst_child_fd = _fs.open_dir_at(dst_fd, dst_name)
-                try:
-                    return self._plan_dir_merge(src_child_fd, dst_child_fd, src_path, dst_path)
-                finally:
-                    os.close(dst_child_fd)
+                return self._plan_dir_merge(src_fd, name, dst_child_fd, src_path, dst_path)
             finally:
-                os.close(src_child_fd)
+                os.close(dst_child_fd)
         if src_st is not None and _fs.same_content_at(src_fd, name, dst_fd, dst_name):
-            return [Step(DROP_DUPLICATE, src_path, dst_path, _fs.identity(src_st))]
+            return [Step(Action.DROP_DUPLICATE, src_path, dst_path, _fs.identity(src_st))]
         return None
 
     @staticmethod
-    def _refuse_unmovable(parent_fd: int, name: str, parent_path: str) -> None:
+    def _refuse_unmovable(parent_fd: t.Optional[int], name: str, parent_path: str) -> None:
         """Refuse, before any change, a tree holding what cannot be copied to another filesystem."""
-        found = _fs.find_unmovable(parent_fd, name)
+        found = None if parent_fd is None else _fs.find_unmovable(parent_fd, name)
         if found is not None:
             raise AgentStateLinkError(
                 f"{os.path.join(parent_path, found)}: is a socket, FIFO or device; move it away, it cannot be migrated"
             )
 
-    def _open_parent_in_store(self, path: str) -> int:
-        rel = os.path.relpath(os.path.dirname(path), self.store_root)
-        fd = _fs.walk_at(self._require_anchor(self.store_root, "volume"), [] if rel == "." else rel.split("/"))
+    def _open_parent_in_territory(self, path: str) -> int:
+        rel = os.path.relpath(os.path.dirname(path), self.territory_root)
+        fd = None if self.territory_fd is None else _fs.walk_at(self.territory_fd, [] if rel == "." else rel.split("/"))
         if fd is None:
             raise AgentStateLinkError(f"{path}: parent vanished while planning; rerun")
         return fd
@@ -358,25 +469,25 @@ class Planner:
             if parent_fd is not None:
                 os.close(parent_fd)
             self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
-            return [Step(BACKUP, src_path, dest)]
+            return [Step(Action.BACKUP, src_path, dest)]
         try:
             steps = self._plan_existing(src_fd, name, src_path, parent_fd, name, dest)
         finally:
             os.close(parent_fd)
         if steps is None:  # an earlier run that failed left other content there: never refuse (every rerun would)
             self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
-            return [Step(BACKUP, src_path, self._free_backup_location(src_path))]
+            return [Step(Action.BACKUP, src_path, self._free_backup_location(src_path))]
         return steps
 
     def _backup_parent(self, dest: str) -> t.Optional[int]:
         """The directory a backup goes to, when it exists already (an unfinished run's backup)."""
-        rel_parts = os.path.relpath(os.path.dirname(dest), os.path.join(self.store_root, META_DIR_NAME)).split("/")
+        rel_parts = os.path.relpath(os.path.dirname(dest), self.meta_path).split("/")
         meta_fd = self.meta_fd()
         return None if meta_fd is None else _fs.walk_at(meta_fd, rel_parts)
 
     def _free_backup_location(self, path: str) -> str:
         """``path``'s place in the backup directory or, when a run that failed before finishing
-        (its backup directory is reused, see _engine) left something there, the first free
+        (its backup directory is reused, see _bookkeeping) left something there, the first free
         ``<place>.<n>``: found by tests/reliability/test_hostile_volume.py, where a link planted
         again after a failed run made every later run refuse."""
         dest = backup_location(self.backup_dir, path)
@@ -404,7 +515,7 @@ class Planner:
         if seed:
             return seed
         if link.kind == "file" and link.initial_content is not None:
-            return [Step(CREATE_FILE, plan.store)]
+            return [Step(Action.CREATE_FILE, plan.store)]
         return []
 
     def _store_is_empty(self, plan: LinkPlan) -> bool:
@@ -429,13 +540,13 @@ class Planner:
             if kind != plan.link.kind:
                 return []
             if kind == "file":
-                return [Step(SEED, seed_path, plan.store)]
+                return [Step(Action.SEED, seed_path, plan.store)]
             fd = _fs.open_dir_at(parent_fd, name)
             try:
                 names = sorted(_fs.list_dir(fd))
             finally:
                 os.close(fd)
-            return [Step(SEED, os.path.join(seed_path, child), os.path.join(plan.store, child)) for child in names]
+            return [Step(Action.SEED, os.path.join(seed_path, child), os.path.join(plan.store, child)) for child in names]
         finally:
             os.close(parent_fd)
 
@@ -443,28 +554,122 @@ class Planner:
 
     def _plan_absent(self, plan: LinkPlan, home_fd: t.Optional[int], name: str) -> None:
         link = plan.link
-        root_fd = self.anchor(self.job.volume)
-        parts = self.job.relative_target(link).split("/")
-        parent_fd = None if root_fd is None else _fs.walk_at(root_fd, parts[:-1])
+        parts = self.territory_parts(link)
+        parent_fd = None if self.territory_fd is None else _fs.walk_at(self.territory_fd, parts[:-1])
         try:
-            plan.target_before = describe_at(parent_fd, parts[-1])
+            plan.target_before = entry_at(parent_fd, parts[-1])
+            if plan.target_before.kind.value == link.kind:
+                # Checked before any change, as present does: a FIFO in the volume cannot be copied back.
+                self._refuse_unmovable(parent_fd, parts[-1], os.path.dirname(link.target))
         finally:
             if parent_fd is not None:
                 os.close(parent_fd)
-        ours = plan.before == "missing" or (plan.before.startswith("link to ") and _points_to(plan.before, link.target))
+        if home_fd is not None and _fs.lstat_at(home_fd, restore_name(name)) is not None:
+            plan.steps.append(Step(Action.CLEAR_RESTORE, os.path.join(os.path.dirname(link.path), restore_name(name))))
+        ours = plan.before.kind is Kind.MISSING or plan.before.points_to(link.target)
         if not ours:
             return  # a real directory or file already, or a link this module did not make: leave it
-        if plan.before == "missing" and plan.target_before != link.kind:
+        if plan.before.kind is Kind.MISSING and plan.target_before.kind.value != link.kind:
             return
         if home_fd is None:
-            plan.steps.extend(self._missing_directories(os.path.dirname(link.path), CREATE_HOME_DIRECTORY))
-        if plan.target_before == link.kind:
-            plan.steps.append(Step(RESTORE, link.path, link.target))
+            plan.steps.extend(self._missing_directories(os.path.dirname(link.path), Action.CREATE_HOME_DIRECTORY))
+        link_st = None if home_fd is None else _fs.lstat_at(home_fd, name)
+        planned = None if link_st is None else _fs.identity(link_st)
+        if plan.target_before.kind.value == link.kind:
+            plan.steps.append(Step(Action.RESTORE, link.path, link.target, planned))
         elif link.kind == "directory":
-            plan.steps.append(Step(CREATE_EMPTY, link.path))
-        elif plan.before != "missing":
-            plan.steps.append(Step(REMOVE_LINK, link.path))
+            plan.steps.append(Step(Action.CREATE_EMPTY, link.path, identity=planned))
+        elif plan.before.kind is not Kind.MISSING:
+            plan.steps.append(Step(Action.REMOVE_LINK, link.path, identity=planned))
 
 
-def _points_to(description: str, target: str) -> bool:
-    return os.path.normpath(description[len("link to "):]) == target
+def restore_name(name: str) -> str:
+    """The temporary name beside a path under which state=absent builds the entry it restores."""
+    return f".{name}.agent-state-link.restore"
+
+
+class _MergeFrame:
+    def __init__(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> None:
+        self.src_fd, self.dst_fd = src_fd, dst_fd
+        self.src_path, self.dst_path = src_path, dst_path
+        self._children = sorted(_fs.list_dir(src_fd), reverse=True)
+
+    def next_child(self) -> t.Optional[str]:
+        return self._children.pop() if self._children else None
+
+    def close(self) -> None:
+        os.close(self.src_fd)
+        if self.dst_fd is not None:
+            os.close(self.dst_fd)
+
+
+class _MergeStack:
+    """The chain of directory pairs being merged, deepest last.  Frames more than WINDOW levels up
+    are parked (their descriptors closed) except every WINDOW-th, and reopened by name from the
+    nearest open frame on the way back, so a deep tree costs a bounded number of descriptors.  A
+    reopened directory must be the one that was left."""
+
+    WINDOW = 64
+
+    def __init__(self) -> None:
+        self._frames: t.List[_MergeFrame] = []
+        self._parked: t.Dict[int, t.Tuple[_fs.Identity, t.Optional[_fs.Identity]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._frames)
+
+    def top(self) -> _MergeFrame:
+        return self._frames[-1]
+
+    def push(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> None:
+        try:
+            self._frames.append(_MergeFrame(src_fd, dst_fd, src_path, dst_path))
+        except BaseException:
+            os.close(src_fd)
+            if dst_fd is not None:
+                os.close(dst_fd)
+            raise
+        park = len(self._frames) - 1 - self.WINDOW
+        if park > 0 and park % self.WINDOW and park not in self._parked:
+            frame = self._frames[park]
+            self._parked[park] = (_fs.identity(os.fstat(frame.src_fd)),
+                                  None if frame.dst_fd is None else _fs.identity(os.fstat(frame.dst_fd)))
+            frame.close()
+
+    def pop(self) -> None:
+        self._frames.pop().close()
+        top = len(self._frames) - 1
+        if top in self._parked:
+            opened = top
+            while opened in self._parked:
+                opened -= 1
+            for index in range(opened + 1, top + 1):
+                self._unpark(index)
+
+    def _unpark(self, index: int) -> None:
+        frame, parent = self._frames[index], self._frames[index - 1]
+        src_id, dst_id = self._parked[index]
+        name = os.path.basename(frame.src_path)
+        src_fd = _reopen(parent.src_fd, name, src_id, frame.src_path)
+        try:
+            dst_fd = None if dst_id is None else _reopen(t.cast(int, parent.dst_fd), name, dst_id, frame.dst_path)
+        except BaseException:
+            os.close(src_fd)
+            raise
+        frame.src_fd, frame.dst_fd = src_fd, dst_fd
+        del self._parked[index]
+
+    def close(self) -> None:
+        for index, frame in enumerate(self._frames):
+            if index not in self._parked:
+                frame.close()
+        self._frames.clear()
+        self._parked.clear()
+
+
+def _reopen(parent_fd: int, name: str, expected: _fs.Identity, path: str) -> int:
+    fd = _fs.open_dir_at(parent_fd, name)
+    if _fs.identity(os.fstat(fd))[:2] != expected[:2]:
+        os.close(fd)
+        raise AgentStateLinkError(f"{path}: replaced while the run was planned; rerun")
+    return fd

@@ -20,9 +20,11 @@ STATES = ("present", "prepared", "absent")
 KINDS = ("directory", "file")
 CONFLICT_POLICIES = ("backup", "fail")
 
-# The module's own bookkeeping directory below the volume (and the seed store):
-# lock file, staging area for copies in flight, and backups of conflicting entries.
+# The module's own bookkeeping directory, one per account below the store it writes (the volume, or
+# the seed store at image build): staging area for copies in flight, and backups of conflicting entries.
 META_DIR_NAME = ".agent-state-link"
+# The state of an account other than the volume root's owner lives below <volume>/users/<name>/.
+USERS_DIR_NAME = "users"
 
 
 def printable(value: t.Any) -> t.Any:
@@ -52,14 +54,24 @@ class AgentStateLinkError(Exception):
 
 @dataclass(frozen=True)
 class LinkSpec:
-    """One state path and where it lives in the volume."""
+    """One state path and where it lives in the volume.
 
+    ``uid``/``gid`` are None until the run resolves them when no owner was given: the state then
+    belongs to whoever owns the directory that holds the path (the home).
+    """
+
+    index: int
     path: str
     target: str
     kind: str
     initial_content: t.Optional[str]
-    uid: int
-    gid: int
+    uid: t.Optional[int]
+    gid: t.Optional[int]
+
+    @property
+    def where(self) -> str:
+        """How messages name this link's parameters."""
+        return f"links[{self.index}]"
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,8 @@ class Job:
     conflict: str
     seed_store: t.Optional[str]
     manage_volume_root: bool
-    uid: int
-    gid: int
+    uid: t.Optional[int]  # None: no owner given (see LinkSpec)
+    gid: t.Optional[int]
     directory_mode: int
     file_mode: int
     lock_timeout: float
@@ -84,6 +96,13 @@ class Job:
         # Both normalized, the target strictly inside the volume (build_job checks): a slice, not
         # os.path.relpath, which makes both absolute (a getcwd() each) and is called per link and step.
         return link.target[len(self.volume.rstrip("/")) + 1:]
+
+    @property
+    def store_root(self) -> str:
+        """Where this run keeps content: the volume, or the seed store at image build (prepared)."""
+        if self.state == "prepared":
+            return t.cast(str, self.seed_store)  # build_job requires it with prepared
+        return self.volume
 
 
 def _absolute(value: t.Any, name: str) -> str:
@@ -128,12 +147,15 @@ def _resolve_group(value: t.Any, name: str) -> int:
         raise AgentStateLinkError(f"{name}: unknown group {text!r}") from None
 
 
-def _ownership(owner: t.Any, group: t.Any, where: str, default: t.Tuple[int, int]) -> t.Tuple[int, int]:
+Owner = t.Tuple[t.Optional[int], t.Optional[int]]
+
+
+def _ownership(owner: t.Any, group: t.Any, where: str, default: Owner) -> Owner:
     """Resolve an owner/group pair; unset values fall back to ``default``."""
     uid, gid = default
     if owner is not None and owner != "":
         uid, primary_gid = _resolve_user(owner, f"{where}owner")
-        gid = primary_gid if primary_gid >= 0 else gid
+        gid = primary_gid if primary_gid >= 0 else gid if gid is not None else uid
     if group is not None and group != "":
         gid = _resolve_group(group, f"{where}group")
     return uid, gid
@@ -162,7 +184,7 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
     state = _choice(params.get("state", "present"), "state", STATES)
     volume = _absolute(params.get("volume"), "volume")
     conflict = _choice(params.get("conflict", "backup"), "conflict", CONFLICT_POLICIES)
-    uid, gid = _ownership(params.get("owner"), params.get("group"), "", (os.geteuid(), os.getegid()))
+    uid, gid = _ownership(params.get("owner"), params.get("group"), "", (None, None))
     seed_store = params.get("seed_store")
     if seed_store is not None:
         seed_store = _absolute(seed_store, "seed_store")
@@ -177,7 +199,7 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
     raw_links = params.get("links")
     if not isinstance(raw_links, (list, tuple)) or not raw_links:
         raise AgentStateLinkError("links: give a non-empty list of {path, target, kind} entries")
-    owners: t.Dict[t.Tuple[str, str], t.Tuple[int, int]] = {}
+    owners: t.Dict[t.Tuple[str, str], Owner] = {}
     links = tuple(
         _build_link(raw, index, volume, (uid, gid), seed_store, owners) for index, raw in enumerate(raw_links)
     )
@@ -204,8 +226,8 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
 
 
 def _build_link(
-    raw: t.Any, index: int, volume: str, default_owner: t.Tuple[int, int], seed_store: t.Optional[str],
-    owners: t.Dict[t.Tuple[str, str], t.Tuple[int, int]],
+    raw: t.Any, index: int, volume: str, default_owner: Owner, seed_store: t.Optional[str],
+    owners: t.Dict[t.Tuple[str, str], Owner],
 ) -> LinkSpec:
     where = f"links[{index}]."
     if not isinstance(raw, t.Mapping):
@@ -215,8 +237,8 @@ def _build_link(
     kind = _choice(raw.get("kind", "directory"), where + "kind", KINDS)
     if not is_within(target, volume) or target == volume:
         raise AgentStateLinkError(f"{where}target: {target} lies outside volume {volume}; every target must be inside it")
-    if is_within(os.path.join(volume, META_DIR_NAME), target) or is_within(target, os.path.join(volume, META_DIR_NAME)):
-        raise AgentStateLinkError(f"{where}target: {target} overlaps the module's bookkeeping directory {META_DIR_NAME}")
+    if META_DIR_NAME in target.split("/"):
+        raise AgentStateLinkError(f"{where}target: {target} runs through a bookkeeping directory {META_DIR_NAME} of the module")
     if path == target:
         raise AgentStateLinkError(f"{where}path: {path} equals its target")
     if is_within(target, path):
@@ -239,7 +261,7 @@ def _build_link(
     if key not in owners:
         owners[key] = _ownership(raw.get("owner"), raw.get("group"), where, default_owner)
     uid, gid = owners[key]
-    return LinkSpec(path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid)
+    return LinkSpec(index=index, path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid)
 
 
 def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:

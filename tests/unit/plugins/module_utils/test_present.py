@@ -42,7 +42,7 @@ CASES = [
     Case("conflicts inside a directory",
          {"home:.claude/new": "n", "home:.claude/same": "s", "vol:.claude/same": "s",
           "home:.claude/settings.json": "home", "vol:.claude/settings.json": "volume"},
-         [["move", "drop_duplicate", "backup", "link"]],
+         [["move", "backup", "drop_duplicate", "link"]],
          {"home:.claude": Link("vol:.claude"), "vol:.claude/new": "n", "vol:.claude/same": "s", "vol:.claude/settings.json": "volume"},
          backups={"home:.claude/settings.json": "home"}),
     Case("wrong kinds inside a directory",

@@ -68,17 +68,18 @@ def test_refused_with_nothing_changed(tree, layout, links, overrides, message, c
 
 def test_lock_timeout_is_clear_and_changes_nothing(tree):
     tree.build({"home:.claude/s": "S"})
-    run_engine(tree.params({"path": "home:.codex", "target": "vol:.codex"}))  # the bookkeeping directory exists
+    run_engine(tree.params({"path": "home:.codex", "target": "vol:.codex"}))
     before = snapshot(tree.root)
-    with open(os.path.join(tree.meta, "lock"), "a") as held:
+    held = os.open(tree.volume, os.O_RDONLY | os.O_DIRECTORY)  # the lock is the volume root's own flock
+    try:
         fcntl.flock(held, fcntl.LOCK_EX)
         started = time.monotonic()
         with pytest.raises(AgentStateLinkError) as excinfo:
             run_engine(tree.params(CLAUDE, lock_timeout=0.5))
         waited = time.monotonic() - started
-    assert str(excinfo.value) == (
-        f"lock_timeout: another agent_state_link run still holds {tree.volume}/.agent-state-link/lock after 0.5 s"
-    )
+    finally:
+        os.close(held)
+    assert str(excinfo.value) == f"lock_timeout: another agent_state_link run still holds the lock on {tree.volume} after 0.5 s"
     assert 0.5 <= waited < 5
     assert snapshot(tree.root) == before
     assert run_engine(tree.params(CLAUDE))["changed"], "once the lock is free the run proceeds"
