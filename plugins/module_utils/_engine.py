@@ -23,6 +23,7 @@ from ansible_collections.agor.persistence.plugins.module_utils import _fs
 from ansible_collections.agor.persistence.plugins.module_utils import _plan as P
 from ansible_collections.agor.persistence.plugins.module_utils._apply import Executor
 from ansible_collections.agor.persistence.plugins.module_utils._privsep import Account, run_as
+from ansible_collections.agor.persistence.plugins.module_utils._report import conflicts, report, territory_report
 from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     META_DIR_NAME,
     USERS_DIR_NAME,
@@ -31,7 +32,6 @@ from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     LinkSpec,
     build_job,
     is_within,
-    printable,
 )
 
 
@@ -49,6 +49,7 @@ class RootPlan:
     """What only root does, before any account's links are handled."""
 
     store_owner: t.Optional[t.Tuple[int, int]] = None  # set when the store root must be re-owned
+    store_owner_before: t.Tuple[int, int] = (0, 0)
     # (path, uid, gid, mode) of directories root creates: the seed store's missing ancestors, and
     # <store>/users and <store>/users/<name> for accounts other than the store root's owner.
     directories: t.List[t.Tuple[str, int, int, int]] = field(default_factory=list)
@@ -59,6 +60,10 @@ class RootPlan:
     @property
     def changed(self) -> bool:
         return self.store_owner is not None or bool(self.directories)
+
+    @property
+    def store_owner_change(self) -> t.Optional[t.Tuple[t.Tuple[int, int], t.Tuple[int, int]]]:
+        return None if self.store_owner is None else (self.store_owner_before, self.store_owner)
 
 
 def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
@@ -83,7 +88,7 @@ def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
     finally:
         if store_fd is not None:
             os.close(store_fd)
-    return report(job, root, results)
+    return report(job, root.store_owner_change, root.steps, results)
 
 
 @contextlib.contextmanager
@@ -150,7 +155,7 @@ def plan_root(job: Job, store_fd: t.Optional[int]) -> RootPlan:
         owner = primary
     else:
         st = os.fstat(store_fd)
-        owner = (st.st_uid, st.st_gid)
+        owner = root.store_owner_before = (st.st_uid, st.st_gid)
         if job.state == "prepared" or (job.manage_volume_root and job.state == "present"):
             if owner != primary:
                 root.store_owner = primary
@@ -301,7 +306,7 @@ def _run_territory(job: Job, territory: P.Territory, territory_fd: t.Optional[in
     with P.Planner(job, territory, territory_fd, backup_dir) as planner:
         plan = planner.plan()
     warnings: t.List[str] = []
-    if not check_mode and not (job.conflict == "fail" and _conflicts(plan)):
+    if not check_mode and not (job.conflict == "fail" and conflicts(plan)):
         if plan.changed:
             with Executor(plan, territory_fd) as executor:
                 try:
@@ -347,13 +352,6 @@ def _unescape(field: bytes) -> str:
     return os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field))
 
 
-def _conflicts(plan: P.TerritoryPlan) -> t.List[t.Dict[str, str]]:
-    return [
-        {"path": step.path, "why": "volume entry in the way" if step.action is P.Action.BACKUP_VOLUME_ENTRY else "differs from the volume copy"}
-        for link_plan in plan.links for step in link_plan.conflicts()
-    ]
-
-
 def _refuse_conflicts(results: t.Sequence[t.Mapping[str, t.Any]]) -> None:
     conflicts = [conflict for result in results for conflict in result["conflicts"]]
     if results and results[0]["conflict_policy"] == "fail" and conflicts:
@@ -378,101 +376,3 @@ def describe_os_error(exc: OSError) -> str:
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" at {exc.filename}" if exc.filename else ""
     return f"{cause}{where}; everything not yet in the volume is still at its path, fix the cause and rerun ({exc})"
-
-
-def territory_report(plan: P.TerritoryPlan, warnings: t.Sequence[str]) -> t.Dict[str, t.Any]:
-    """One account's part of the module result, as JSON data (it crosses from the account's process)."""
-    backups = any(link_plan.conflicts() for link_plan in plan.links)
-    return printable({
-        "links": [_link_record(link_plan) for link_plan in plan.links],
-        "diff": {str(link_plan.link.index): _link_diff(link_plan, plan.job.state) for link_plan in plan.links if link_plan.changed},
-        "backup_dir": plan.backup_dir if backups else None,
-        "conflicts": _conflicts(plan),
-        "conflict_policy": plan.job.conflict,
-        "warnings": list(warnings),
-    })
-
-
-def report(job: Job, root: RootPlan, results: t.Sequence[t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
-    """The module result: changed, per-link records in the order given, and a diff per changed link."""
-    records = sorted((record for result in results for record in result["links"]), key=lambda record: record["index"])
-    diffs = {int(index): diff for result in results for index, diff in result["diff"].items()}
-    diff = []
-    if root.store_owner is not None:
-        diff.append({
-            "before_header": job.store_root, "after_header": job.store_root,
-            "before": {"path": job.store_root, "owner": "other"},
-            "after": {"path": job.store_root, "owner": f"{root.store_owner[0]}:{root.store_owner[1]}"},
-        })
-    for record in records:
-        root_steps = root.steps.get(record["index"], [])
-        if root_steps:
-            record["steps"] = root_steps + record["steps"]
-            record["actions"] = list(dict.fromkeys(step["action"] for step in record["steps"]))
-            record["changed"] = True
-        if record["index"] in diffs:
-            diff.append(diffs[record["index"]])
-        del record["index"]
-    backup_dirs = [result["backup_dir"] for result in results if result["backup_dir"]]
-    return printable({
-        "changed": root.changed or any(record["changed"] for record in records),
-        "links": records,
-        "backup_dir": backup_dirs[0] if backup_dirs else None,
-        "volume_owner_changed": root.store_owner is not None,
-        "diff": diff,
-        "warnings": [warning for result in results for warning in result["warnings"]],
-    })
-
-
-def _link_record(link_plan: P.LinkPlan) -> t.Dict[str, t.Any]:
-    link = link_plan.link
-
-    def paths(action: P.Action) -> t.List[str]:
-        return [step.path for step in link_plan.steps if step.action is action]
-
-    return {
-        "index": link.index,
-        "path": link.path,
-        "target": link.target,
-        "kind": link.kind,
-        "before": str(link_plan.before),
-        "target_before": _target_text(link_plan.target_before),
-        "changed": link_plan.changed,
-        "actions": link_plan.actions(),
-        "steps": [step.as_dict() for step in link_plan.steps],
-        "migrated": paths(P.Action.MOVE),
-        "duplicates_removed": paths(P.Action.DROP_DUPLICATE),
-        "backups": [{"path": step.path, "backup": step.dest} for step in link_plan.conflicts()],
-    }
-
-
-def _target_text(entry: t.Optional[P.Entry]) -> str:
-    return "not inspected (state=prepared)" if entry is None else str(entry)
-
-
-def _link_diff(link_plan: P.LinkPlan, state: str) -> t.Dict[str, t.Any]:
-    """Before and after of the path and of the target, the shape ansible.builtin.file uses."""
-    link = link_plan.link
-    target_before = _target_text(link_plan.target_before)
-    if state == "absent":
-        restored = any(step.action in (P.Action.RESTORE, P.Action.CREATE_EMPTY) for step in link_plan.steps)
-        after = {"path": link.kind if restored else "missing", "target": target_before}
-    else:
-        target_kind = None if link_plan.target_before is None else link_plan.target_before.kind.value
-        filled = link.kind == "directory" or target_kind == "file" or _fills_file_target(link_plan)
-        after = {"path": f"link to {link.target}", "target": link.kind if filled else "missing"}
-    return {
-        "before_header": link.path,
-        "after_header": link.path,
-        "before": {"path": str(link_plan.before), "target": target_before},
-        "after": after,
-    }
-
-
-def _fills_file_target(link_plan: P.LinkPlan) -> bool:
-    """Whether a step puts content at a file target (which is otherwise left missing)."""
-    for step in link_plan.steps:
-        written = step.path if step.action is P.Action.CREATE_FILE else step.dest
-        if step.action in (P.Action.MOVE, P.Action.SEED, P.Action.CREATE_FILE) and written == link_plan.store:
-            return True
-    return False

@@ -315,6 +315,7 @@ class Sandbox:
         self.seed_store = os.path.join(self.root, "seed")
         self.user, self.group = agents_account()
         os.makedirs(self.volume)
+        shutil.chown(self.home, self.user, self.group)  # as in an image: the agents' account owns its home
         # The image's defaults, as agor.persistence.build keeps them: copied into empty targets once.
         os.makedirs(os.path.join(self.seed_store, ".claude"))
         with open(os.path.join(self.seed_store, ".claude", "settings.json"), "w", encoding="utf-8") as handle:
