@@ -179,11 +179,52 @@ def _choice(value: t.Any, name: str, choices: t.Sequence[str]) -> str:
     return t.cast(str, value)
 
 
-def build_job(params: t.Mapping[str, t.Any]) -> Job:
-    """Validate raw module parameters; raise AgentStateLinkError naming the first problem."""
-    state = _choice(params.get("state", "present"), "state", STATES)
+def argument_spec() -> t.Dict[str, t.Any]:
+    """The module's argument spec, and the one place that holds each parameter's default."""
+    return dict(
+        links=dict(
+            type="list",
+            elements="dict",
+            required=True,
+            options=dict(
+                path=dict(type="path", required=True),
+                target=dict(type="path", required=True),
+                kind=dict(type="str", choices=list(KINDS), default="directory"),
+                initial_content=dict(type="str"),
+                owner=dict(type="str"),
+                group=dict(type="str"),
+            ),
+        ),
+        volume=dict(type="path", required=True),
+        require_mount=dict(type="bool", default=True),
+        owner=dict(type="str"),
+        group=dict(type="str"),
+        directory_mode=dict(type="raw", default="0700"),
+        file_mode=dict(type="raw", default="0600"),
+        conflict=dict(type="str", choices=list(CONFLICT_POLICIES), default="backup"),
+        seed_store=dict(type="path"),
+        manage_volume_root=dict(type="bool", default=False),
+        lock_timeout=dict(type="float", default=120),
+        state=dict(type="str", choices=list(STATES), default="present"),
+    )
+
+
+def _defaults(options: t.Mapping[str, t.Mapping[str, t.Any]]) -> t.Dict[str, t.Any]:
+    return {name: option["default"] for name, option in options.items() if "default" in option}
+
+
+DEFAULTS = _defaults(argument_spec())
+LINK_DEFAULTS = _defaults(argument_spec()["links"]["options"])
+
+
+def build_job(raw_params: t.Mapping[str, t.Any]) -> Job:
+    """Validate raw module parameters; raise AgentStateLinkError naming the first problem.
+
+    Parameters left out (or None, as Ansible passes them) take the argument spec's defaults."""
+    params = dict(DEFAULTS, **{name: value for name, value in raw_params.items() if value is not None})
+    state = _choice(params["state"], "state", STATES)
     volume = _absolute(params.get("volume"), "volume")
-    conflict = _choice(params.get("conflict", "backup"), "conflict", CONFLICT_POLICIES)
+    conflict = _choice(params["conflict"], "conflict", CONFLICT_POLICIES)
     uid, gid = _ownership(params.get("owner"), params.get("group"), "", (None, None))
     seed_store = params.get("seed_store")
     if seed_store is not None:
@@ -205,7 +246,7 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
     )
     _check_disjoint(links)
 
-    lock_timeout = params.get("lock_timeout", 120)
+    lock_timeout = params["lock_timeout"]
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
         raise AgentStateLinkError(f"lock_timeout: {lock_timeout!r} is not a number of seconds >= 0")
 
@@ -213,14 +254,14 @@ def build_job(params: t.Mapping[str, t.Any]) -> Job:
         links=links,
         volume=volume,
         state=state,
-        require_mount=bool(params.get("require_mount", True)),
+        require_mount=bool(params["require_mount"]),
         conflict=conflict,
         seed_store=seed_store,
-        manage_volume_root=bool(params.get("manage_volume_root", False)),
+        manage_volume_root=bool(params["manage_volume_root"]),
         uid=uid,
         gid=gid,
-        directory_mode=_mode(params.get("directory_mode", "0700"), "directory_mode"),
-        file_mode=_mode(params.get("file_mode", "0600"), "file_mode"),
+        directory_mode=_mode(params["directory_mode"], "directory_mode"),
+        file_mode=_mode(params["file_mode"], "file_mode"),
         lock_timeout=float(lock_timeout),
     )
 
@@ -234,7 +275,7 @@ def _build_link(
         raise AgentStateLinkError(f"links[{index}]: expected a dictionary with path, target and kind, got {raw!r}")
     path = _absolute(raw.get("path"), where + "path")
     target = _absolute(raw.get("target"), where + "target")
-    kind = _choice(raw.get("kind", "directory"), where + "kind", KINDS)
+    kind = _choice(raw.get("kind") or LINK_DEFAULTS["kind"], where + "kind", KINDS)
     if not is_within(target, volume) or target == volume:
         raise AgentStateLinkError(f"{where}target: {target} lies outside volume {volume}; every target must be inside it")
     if META_DIR_NAME in target.split("/"):

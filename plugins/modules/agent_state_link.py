@@ -20,11 +20,19 @@ description:
   - Where the volume already holds an entry of the same name with different content, or of the wrong kind,
     the volume's copy stays and the home copy goes to a backup directory inside the volume (reported in
     RV(backup_dir)). Identical home copies are removed once compared byte for byte.
-  - Running as root on a volume a less trusted user can write, the module never follows a symlink it did not
-    create. A symlink found where a target or one of its parents should be is moved to the backup directory
-    and replaced by a real directory or file. Ownership is changed one entry at a time, never recursively.
-  - Concurrent runs on the same volume serialize on a lock file in the volume's bookkeeping directory
-    C(.agent-state-link/); the second run then finds nothing to do.
+  - Run as root, the module does as root only what needs root (check the volume, take the lock, re-own the
+    volume root with O(manage_volume_root), create C(<volume>/users/<name>/) for further accounts). Everything
+    inside the home and the volume is done by a child process that has dropped to the account owning those links,
+    so a planted link or a swapped directory gains that account nothing. It never follows a symlink it did not
+    create; a symlink found where a target or one of its parents should be is moved to the backup directory.
+  - From C(/) to each path, target and seed store, a symlink is followed only when root owns it and it sits in a
+    directory only root can write. A directory below the volume root on the way to a target must be owned by root
+    or by the link's owner and writable by nobody else, and an existing target must belong to the link's owner;
+    otherwise the run refuses before any change, naming the directory, its owner and its mode.
+  - Concurrent runs on the same volume serialize on a lock (C(flock) of the volume root directory); the second
+    run then finds nothing to do. Each account keeps its staging area and backups in its own bookkeeping
+    directory C(.agent-state-link/), at the volume root for the volume root's owner and in
+    C(<volume>/users/<name>/) for any other account.
   - All links are handled in one module run, so a container start pays for one module execution.
 author:
   - Agor persistence maintainers (@agor-persistence)
@@ -64,7 +72,9 @@ options:
         type: str
       owner:
         description:
-          - Owner of what is created for this link; overrides O(owner).
+          - The account that owns this link's state; overrides O(owner). The link, its target and what is created
+            for it belong to this account, which performs the link's steps.
+          - An account other than the owner of the volume root keeps its targets below C(<volume>/users/<name>/).
         type: str
       group:
         description:
@@ -86,8 +96,10 @@ options:
     default: true
   owner:
     description:
-      - Owner (name or uid) of the targets, parents and links the module creates, and of existing targets.
-      - Defaults to the user running the module. Migrated entries keep their owner, like C(mv).
+      - The account (name or uid) that owns the state: links, targets and parents the module creates belong to
+        it, and it performs the steps. Migrated entries keep their owner when renamed, like C(mv), and become
+        this account's when copied across filesystems.
+      - Defaults, per link, to the owner of the directory that holds the path (the home).
     type: str
   group:
     description:
@@ -124,6 +136,7 @@ options:
     description:
       - With O(state=present), make the volume's root directory itself (not its content) owned by O(owner) and
         O(group), so the agents' user can write there (platforms such as Railway mount volumes owned by root).
+      - With O(state=prepared) the seed store's root is always made the primary account's, for the same reason.
     type: bool
     default: false
   lock_timeout:
@@ -233,11 +246,16 @@ links:
       description: Whether this link needed any step.
       type: bool
       sample: true
+    after:
+      description: What stands (or, in check mode, would stand) at the path and at the target after the run.
+      type: dict
+      sample: {path: link to /home/agor/.agor/.claude, target: directory}
     actions:
       description:
         - The kinds of step taken (or, in check mode, that would be taken), in order. Among them C(backup_volume_entry),
-          C(create_directory), C(set_owner), C(create_home_directory), C(move), C(backup), C(drop_duplicate), C(seed),
-          C(create_file), C(link), C(restore), C(create_empty), C(remove_link).
+          C(create_directory), C(set_group), C(create_home_directory), C(move), C(backup), C(drop_duplicate), C(seed),
+          C(create_file), C(link), C(clear_restore), C(restore), C(create_empty), C(remove_link).
+        - Steps run in exactly this order.
       type: list
       elements: str
       sample: [create_directory, move, link]
@@ -278,37 +296,12 @@ volume_owner_changed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.agor.persistence.plugins.module_utils._engine import run
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
+from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError, argument_spec
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec=dict(
-            links=dict(
-                type="list",
-                elements="dict",
-                required=True,
-                options=dict(
-                    path=dict(type="path", required=True),
-                    target=dict(type="path", required=True),
-                    kind=dict(type="str", choices=["directory", "file"], default="directory"),
-                    initial_content=dict(type="str"),
-                    owner=dict(type="str"),
-                    group=dict(type="str"),
-                ),
-            ),
-            volume=dict(type="path", required=True),
-            require_mount=dict(type="bool", default=True),
-            owner=dict(type="str"),
-            group=dict(type="str"),
-            directory_mode=dict(type="raw", default="0700"),
-            file_mode=dict(type="raw", default="0600"),
-            conflict=dict(type="str", choices=["backup", "fail"], default="backup"),
-            seed_store=dict(type="path"),
-            manage_volume_root=dict(type="bool", default=False),
-            lock_timeout=dict(type="float", default=120),
-            state=dict(type="str", choices=["present", "prepared", "absent"], default="present"),
-        ),
+        argument_spec=argument_spec(),
         supports_check_mode=True,
     )
     try:
