@@ -101,42 +101,58 @@ def _allowed(st: os.stat_result, uid: int, bit: int) -> bool:
     return bool(st.st_mode & bit)
 
 
-def find_root_owned(roots: t.Iterable[str], users: t.Sequence[int] = (ATTACKER, VICTIM)) -> t.List[str]:
+Inode = t.Tuple[int, int]
+
+
+def find_root_owned(roots: t.Iterable[str], users: t.Sequence[int] = (ATTACKER, VICTIM),
+                    planted: t.Collection[Inode] = ()) -> t.List[str]:
     """Root-owned entries in a directory that one of ``users`` can reach and write (so could rename
-    away, keeping root's entry): each as "path (mode)".  Links are not followed."""
-    found = []
-    stack = [(root, tuple(users)) for root in roots]
+    away, keeping root's entry): each as "path (mode)".  ``planted`` names (device, inode) of the
+    test's own root-owned plants (hard links to a root-only file), not the run's doing.
+
+    Walked through descriptors opened without following links: a racer swapping a directory for a
+    link to /etc must not make /etc's entries look as if they stood in the volume."""
+    found: t.List[str] = []
+    stack = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            stack.append((os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW), root, tuple(users)))
     while stack:
-        directory, reaching = stack.pop()
+        fd, directory, reaching = stack.pop()
         try:
-            dir_st = os.lstat(directory)
-            names = os.listdir(directory) if stat.S_ISDIR(dir_st.st_mode) else []
-        except (FileNotFoundError, NotADirectoryError):
-            continue  # renamed or removed while looked at
-        writers = [uid for uid in reaching if _allowed(dir_st, uid, 2) and _allowed(dir_st, uid, 1)]
-        for name in names:
-            path = os.path.join(directory, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if writers and st.st_uid == 0 and path not in ROOT_MAY_OWN:
-                found.append(f"{path} ({stat.filemode(st.st_mode)} root, in a directory uid {writers[0]} can write)")
-            if stat.S_ISDIR(st.st_mode):
-                searchers = tuple(uid for uid in reaching if _allowed(dir_st, uid, 1))
-                if searchers:
-                    stack.append((path, searchers))
+            _scan(fd, directory, reaching, planted, found, stack)
+        finally:
+            os.close(fd)
     return sorted(found)
+
+
+def _scan(fd: int, directory: str, reaching: t.Tuple[int, ...], planted: t.Collection[Inode], found: t.List[str],
+          stack: t.List[t.Tuple[int, str, t.Tuple[int, ...]]]) -> None:
+    dir_st = os.fstat(fd)
+    writers = [uid for uid in reaching if _allowed(dir_st, uid, 2) and _allowed(dir_st, uid, 1)]
+    searchers = tuple(uid for uid in reaching if _allowed(dir_st, uid, 1))
+    for name in os.listdir(fd):
+        path = os.path.join(directory, name)
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # renamed or removed while looked at
+        if writers and st.st_uid == 0 and path not in ROOT_MAY_OWN and (st.st_dev, st.st_ino) not in planted:
+            found.append(f"{path} ({stat.filemode(st.st_mode)} root, in a directory uid {writers[0]} can write)")
+        if stat.S_ISDIR(st.st_mode) and searchers:
+            with contextlib.suppress(OSError):  # gone, or swapped for a link meanwhile: not followed
+                stack.append((os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd), path, searchers))
 
 
 class RootWatch:
     """find_root_owned, over and over in a process of its own while runs happen (root-owned
     entries may exist only for an instant).  stop() returns every distinct finding."""
 
-    def __init__(self, roots: t.Sequence[str], users: t.Sequence[int] = (ATTACKER, VICTIM)) -> None:
+    def __init__(self, roots: t.Sequence[str], users: t.Sequence[int] = (ATTACKER, VICTIM), planted: t.Collection[Inode] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([SUPPORT, os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")]))
+        scope = {"roots": list(roots), "users": list(users), "planted": [list(inode) for inode in planted]}
         self._process = subprocess.Popen(
-            [sys.executable, ROOT_WATCH, ",".join(map(str, users)), *roots],
+            [sys.executable, ROOT_WATCH, json.dumps(scope)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         assert self._process.stdout is not None
         assert self._process.stdout.readline().strip() == "ready", self._process.stderr.read() if self._process.stderr else ""
@@ -150,9 +166,10 @@ class RootWatch:
 
 
 @contextlib.contextmanager
-def root_watch(roots: t.Sequence[str], users: t.Sequence[int] = (ATTACKER, VICTIM)) -> t.Iterator[t.List[str]]:
+def root_watch(roots: t.Sequence[str], users: t.Sequence[int] = (ATTACKER, VICTIM),
+               planted: t.Collection[Inode] = ()) -> t.Iterator[t.List[str]]:
     """``with root_watch(roots) as seen:`` ... after the block, ``seen`` holds what the watcher found."""
-    watch, seen = RootWatch(roots, users), []  # type: t.Tuple[RootWatch, t.List[str]]
+    watch, seen = RootWatch(roots, users, planted), []  # type: t.Tuple[RootWatch, t.List[str]]
     try:
         yield seen
     finally:
@@ -289,8 +306,9 @@ def assert_refusal_names(refusal: str, *paths: str) -> None:
         f"the refusal does not name the offending path ({', '.join(paths)}): {refusal}")
 
 
-def assert_no_root_owned(roots: t.Sequence[str], seen: t.Sequence[str] = (), when: str = "after the run") -> None:
+def assert_no_root_owned(roots: t.Sequence[str], seen: t.Sequence[str] = (), when: str = "after the run",
+                         planted: t.Collection[Inode] = ()) -> None:
     """No root-owned entry where a user can move it: neither now (find_root_owned) nor in what a
     RootWatch saw during the runs (``seen``)."""
-    for found, moment in ((list(seen), "during the runs"), (find_root_owned(roots), when)):
+    for found, moment in ((list(seen), "during the runs"), (find_root_owned(roots, planted=planted), when)):
         assert not found, f"{len(found)} root-owned entries where a user can move them, {moment}:\n" + "\n".join(found[:12])

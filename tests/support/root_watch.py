@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Scan for root-owned entries in user-writable directories, over and over, until SIGTERM:
-``root_watch.py UID[,UID...] ROOT...`` prints "ready", then each finding (see
+``root_watch.py SCOPE_JSON`` ({"roots": [...], "users": [uid...], "planted": [[dev, ino]...]}) prints "ready", then each finding (see
 attacker.find_root_owned) the first time it is seen, then "scans N" when stopped.
 Runs as root beside the engine, in a process of its own so that it really runs alongside it."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 
@@ -13,8 +14,8 @@ from attacker import find_root_owned
 
 
 def main() -> None:
-    users = [int(uid) for uid in sys.argv[1].split(",")]
-    roots = sys.argv[2:]
+    scope = json.loads(sys.argv[1])
+    planted = {tuple(inode) for inode in scope["planted"]}
     seen = set()
     scans = 0
 
@@ -25,7 +26,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     print("ready", flush=True)
     while True:
-        for finding in find_root_owned(roots, users):
+        for finding in find_root_owned(scope["roots"], scope["users"], planted):
             if finding not in seen:
                 seen.add(finding)
                 print(finding, flush=True)
