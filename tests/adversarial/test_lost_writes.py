@@ -11,29 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, Tree, read, snapshot, write
+from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, read, snapshot, write
 from attacker import (
-    ATTACKER, assert_no_root_owned, assert_refusal_names, changed_keys, give_to, racing, root_watch, run_or_refuse,
+    ATTACKER, AttackersContainer, assert_no_root_owned, assert_refusal_names, changed_keys, give_to, racing, root_watch, run_or_refuse,
 )
 from guarantees import user_data
-from mounts import ImageSandbox
 from runs import attack_runs
 
 OWNER = {"owner": str(ATTACKER), "group": str(ATTACKER)}
-
-
-def attackers_container(base, mounts, image):
-    """An ImageSandbox (home on an image layer, volume a tmpfs: every move is a copy) whose home,
-    image content and volume root belong to the agents' user."""
-    sandbox = ImageSandbox(base, mounts, image=image, grow=lambda layer: give_to(ATTACKER, layer.home))
-    hand_over(sandbox.tree)
-    return sandbox
-
-
-def hand_over(tree: Tree) -> Tree:
-    os.chown(tree.home, ATTACKER, ATTACKER)
-    os.chown(tree.volume, ATTACKER, ATTACKER)
-    return tree
 
 
 def numbers_anywhere(tree):
@@ -51,11 +36,11 @@ def test_file_appended_to_during_a_cross_filesystem_move(reachable_base, mounts,
     """While ~/.claude.json is moved to another filesystem (copy, then link), the user's program
     keeps appending to it: every append that returned must be found afterwards, in the volume's
     copy (through the link) or a backup, whether the run completed or refused."""
-    sandbox = attackers_container(reachable_base, mounts, {"home:.claude.json": "{}\n" + "x" * 65536 + "\n"})
+    sandbox = AttackersContainer(reachable_base, mounts, image={"home:.claude.json": "{}\n" + "x" * 65536 + "\n"})
     params = sandbox.tree.params(CLAUDE_JSON_BARE, **OWNER)
     runs, outcomes, losses = attack_runs(12), {}, []
     for trial in range(runs):
-        tree = hand_over(sandbox.reset()) if trial else sandbox.tree
+        tree = sandbox.reset() if trial else sandbox.tree
         with racing([{"pause": 0.0002}, {"append": tree("home:.claude.json")}]) as report:
             _result, refusal = run_or_refuse(params)
         key = "completed" if refusal is None else refusal[:100]

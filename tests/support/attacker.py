@@ -20,13 +20,15 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import typing as t
 
-from agent_tree import run_engine, snapshot
+from agent_tree import Tree, run_engine, snapshot
+from mounts import ImageSandbox, Mounts
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
@@ -312,3 +314,24 @@ def assert_no_root_owned(roots: t.Sequence[str], seen: t.Sequence[str] = (), whe
     RootWatch saw during the runs (``seen``)."""
     for found, moment in ((list(seen), "during the runs"), (find_root_owned(roots, planted=planted), when)):
         assert not found, f"{len(found)} root-owned entries where a user can move them, {moment}:\n" + "\n".join(found[:12])
+
+
+class AttackersContainer(ImageSandbox):
+    """An ImageSandbox (home on an image layer, volume a tmpfs: every move is a copy) whose home,
+    image content and volume belong to the agents' user, as in a container after a start; reset()
+    also removes the seed store (outside the home, on the base directory's filesystem)."""
+
+    def __init__(self, base: str, mounts: Mounts, image: t.Mapping[str, t.Any] = (), volume: t.Mapping[str, t.Any] = ()) -> None:
+        super().__init__(base, mounts, image=image, volume=volume, grow=lambda layer: give_to(ATTACKER, layer.home))
+        self._hand_over()
+
+    def reset(self) -> Tree:
+        tree = super().reset()
+        if os.path.lexists(tree.seed_store):
+            shutil.rmtree(tree.seed_store)
+        self._hand_over()
+        return tree
+
+    def _hand_over(self) -> None:
+        os.chown(self.tree.home, ATTACKER, ATTACKER)
+        give_to(ATTACKER, self.tree.volume)
