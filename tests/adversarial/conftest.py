@@ -20,7 +20,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 @pytest.fixture
-def arena(tmp_path, reachable_base, mounts):
+def arena(tmp_path, reachable_base, mounts):  # noqa: F811  (the fixtures imported above)
     """As in a container after a start, with an attacker inside: a sandbox home (Tree) owned by the
     agents' user ATTACKER, its volume a tmpfs whose root that user owns (manage_volume_root); a
     private copy of /etc bind-mounted over it (holding a root-only /etc/opencode/auth.json), a

@@ -24,12 +24,9 @@ import time
 import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, Link, Tree, run_engine, snapshot, write
+from attacker import ATTACKER, VICTIM, as_user, give_to, run_or_refuse
 from guarantees import assert_linked, assert_nothing_lost, user_data
 
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
-
-ATTACKER = 1001
-VICTIM = 2002
 NESTED = {"path": "home:.copilot", "target": "vol:users/agor/.copilot"}
 PROTECTED_FILES = ("/etc/shadow", "/etc/passwd", "/etc/group")
 
@@ -64,42 +61,11 @@ def protected(tree):
     return state
 
 
-def owned_by_attacker(tree):
-    """As in a container after a start: the agents' user owns the home and the volume root."""
-    for dirpath, dirnames, filenames in os.walk(tree.home):
-        for name in [dirpath] + [os.path.join(dirpath, entry) for entry in dirnames + filenames]:
-            if not name.startswith(tree.meta):
-                os.lchown(name, ATTACKER, ATTACKER)
-
-
-def as_attacker(function, *args):
-    """Run ``function(*args)`` in a child process as the agents' user; True when it returned."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(ATTACKER)
-            os.setuid(ATTACKER)
-            function(*args)
-            os._exit(0)
-        except BaseException:  # pylint: disable=broad-exception-caught
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
 def write_session(tree, index):
     if os.path.islink(tree("home:.claude")):
         os.unlink(tree("home:.claude"))
     os.makedirs(tree(f"home:.claude/run-{index}"))
     write(tree(f"home:.claude/run-{index}/session.jsonl"), f"session of run {index}")
-
-
-def run_or_refuse(params):
-    """A run completes, or refuses with the module's clear error; anything else fails the test."""
-    try:
-        return run_engine(params), None
-    except AgentStateLinkError as exc:
-        return None, str(exc)
 
 
 PLANTED = {
@@ -125,7 +91,7 @@ PLANTED = {
 def test_planted_symlinks(hostile, layout, links):
     tree = hostile
     tree.build(layout)
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
     before, manifest = protected(tree), tree.manifest()
 
@@ -160,7 +126,7 @@ def test_hard_links_to_root_owned_files(hostile, place, links, refusal):
         write(secret, "root's database")
         os.chmod(secret, 0o600)
     tree.build({"home:.claude/s.jsonl": "session"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     os.chown(secret, 0, 0)
     os.link(secret, tree(place))
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
@@ -226,7 +192,7 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     links = [CLAUDE, CLAUDE_JSON, NESTED]
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
     tree.build({"vol:.claude/old.jsonl": "old", "vol:users/agor/.copilot/c.json": "c"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     os.chown(tree.volume, ATTACKER, ATTACKER)
     before = protected(tree)
     written = []
@@ -243,7 +209,7 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
             # New state in a real ~/.claude, written as the agents' user: the racer may be swapping
             # that path for a link to /etc this very moment, and root writing through it would
             # be the test's own escape, not the engine's.
-            if as_attacker(write_session, tree, index):
+            if as_user(ATTACKER, write_session, tree, index):
                 written.append(f"session of run {index}")
             _result, refusal = run_or_refuse(params)
             key = "completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:300]
@@ -278,7 +244,7 @@ def test_link_planted_again_after_a_failed_run(hostile, mounts):
     (before the fix every later run refused, so the container could never start again)."""
     tree = hostile
     tree.build({"vol:.claude": Link("/etc"), "home:.claude/s.jsonl": "session"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     params = tree.params(CLAUDE, owner=str(ATTACKER), group=str(ATTACKER))
     before, manifest = protected(tree), tree.manifest()
     fail_on_a_read_only_home(tree, mounts, params)
