@@ -73,8 +73,13 @@ def racer_moves(tree):
         {"plant": os.path.join(stash, "shadow"), "at": tree("home:.claude/shadow")},
         {"plant": os.path.join(stash, "shadow-too"), "at": tree("home:.copilot/shadow")},
         {"move": tree("vol:.claude"), "to": tree("vol:.claude.moved")},
-        {"steal": tree.home, "spare": [".claude", ".claude.json", ".copilot", ".stash", ".agor", "loot"], "loot": tree("home:loot")},
     ]
+
+
+def stealer_moves(tree):
+    """A second racer, in a busy loop: every new entry of the home, kept (a root-owned one is a win)."""
+    spare = [".claude", ".claude.json", ".copilot", ".stash", ".agor", "loot"]
+    return [{"pause": 0}, {"steal": tree.home, "spare": spare, "loot": tree("home:loot")}]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -92,7 +97,8 @@ def test_racers_against_runs(arena, mode, figures):
     base = dict(OWNER, manage_volume_root=True, seed_store=tree.seed_store)
     before = protected(tree)
     runs, outcomes = attack_runs(50), {}
-    with root_watch([tree.home, VICTIM_HOME], planted=planted) as seen, racing(racer_moves(tree)) as report:
+    watching = root_watch([tree.home, VICTIM_HOME], planted=planted)
+    with watching as seen, racing(racer_moves(tree)) as report, racing(stealer_moves(tree)) as stealer:
         for index in range(runs):
             state = states[index % len(states)]
             as_user(ATTACKER, before_each, tree, index)
@@ -102,9 +108,9 @@ def test_racers_against_runs(arena, mode, figures):
             after = protected(tree)
             assert after == before, f"run {index} ({state}): changed outside the allowed paths: {changed_keys(before, after)[:5]}"
             assert secret not in hashes_readable_by(ATTACKER, tree.home), f"run {index} ({state}): the attacker can read the root-only file"
-    figures(runs=runs, racer_moves=report["moves"], outcomes=outcomes)
+    figures(runs=runs, racer_moves=report["moves"], stolen=stealer["stolen"], outcomes=outcomes)
     assert report["moves"] >= runs, f"the racer hardly ran: {report['moves']} moves"
-    assert report["root_owned"] == [], f"the agents' user caught root-owned entries: {report['root_owned'][:5]}"
+    assert stealer["root_owned"] == [], f"the agents' user caught root-owned entries: {stealer['root_owned'][:5]}"
     assert outcomes.get(f"{states[0]}: completed", 0) >= 1, f"no run completed: {outcomes}"
     assert_no_root_owned([tree.home, VICTIM_HOME], seen, planted=planted)
 
