@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, read, snapshot, write
+from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, read, shape, snapshot, write
 from attacker import (
     ATTACKER, AttackersContainer, assert_no_root_owned, assert_refusal_names, changed_keys, give_to, racing, root_watch, run_or_refuse,
 )
@@ -124,14 +124,21 @@ def test_fifo_in_the_volume_before_a_rollback(arena):
     os.mkfifo(tree("vol:.claude/agent.fifo"))
     give_to(ATTACKER, tree.home)
     params = tree.params(CODEX, CLAUDE, state="absent", **OWNER)
-    before, data = tree.user_view(), user_data(tree)
+    before, data = entries(tree), user_data(tree)
 
     _result, refusal = run_or_refuse(params)
 
     assert refusal is not None, "a rollback that cannot copy a FIFO completed"
     assert_refusal_names(refusal, tree("vol:.claude/agent.fifo"))
-    assert tree.user_view() == before, "the refused rollback changed the home or the volume:\n" + "\n".join(
-        changed_keys(before, tree.user_view()))
+    assert entries(tree) == before, "the refused rollback changed the home or the volume:\n" + "\n".join(
+        changed_keys(before, entries(tree)))
     assert user_data(tree) == data
     assert_no_root_owned([tree.home])
 
+
+
+def entries(tree):
+    """Every entry of home and volume as shape() sees it (directory times aside), the module's
+    bookkeeping directory left out (a refused run may still have taken the lock)."""
+    meta = os.path.relpath(tree.meta, tree.root)
+    return {rel: entry for rel, entry in shape(tree.root).items() if rel != meta and not rel.startswith(meta + "/")}
