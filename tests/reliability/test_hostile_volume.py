@@ -16,15 +16,12 @@ over it (a buggy run would write there, not on the host), /home by a tmpfs holdi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, Link, Tree, run_engine, snapshot, write
-from attacker import ATTACKER, VICTIM, as_user, give_to, run_or_refuse
+from attacker import ATTACKER, VICTIM, as_user, give_to, racing, run_or_refuse
 from guarantees import assert_linked, assert_nothing_lost, user_data
 
 NESTED = {"path": "home:.copilot", "target": "vol:users/agor/.copilot"}
@@ -146,40 +143,6 @@ def test_hard_links_to_root_owned_files(hostile, place, links, refusal):
             "a copy of a root-owned file must stay root's, unreadable to the agents' user")
 
 
-# The attacker's loop: swap one path at a time for a link and back, with a random pause between
-# swaps (always swapping, the engine would refuse every run; it must also be caught mid-run).
-RACER = r"""
-import os, random, signal, sys, time
-volume, home, etc, victim = sys.argv[1:5]
-count = 0
-def report(*_):
-    print(count, flush=True)
-    os._exit(0)
-signal.signal(signal.SIGTERM, report)
-print("ready", flush=True)
-swaps = [(os.path.join(volume, ".claude"), etc), (os.path.join(volume, ".claude.json"), "/etc/shadow"),
-         (os.path.join(volume, "users"), victim), (os.path.join(home, ".claude"), etc)]
-while True:
-    for path, dest in swaps:
-        aside = path + ".racer"
-        try:
-            os.rename(path, aside)
-        except OSError:
-            continue
-        try:
-            os.symlink(dest, path)
-            count += 1
-            time.sleep(0.0005)
-            os.unlink(path)
-        except OSError:
-            pass
-        try:
-            os.rename(aside, path)
-        except OSError:
-            pass
-        time.sleep(random.random() * 0.002)
-"""
-
 RACE_RUNS, RACE_SECONDS = 40, 2.0
 
 
@@ -196,14 +159,12 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     os.chown(tree.volume, ATTACKER, ATTACKER)
     before = protected(tree)
     written = []
-    racer = subprocess.Popen(
-        ["setpriv", f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", "--",
-         sys.executable, "-c", RACER, tree.volume, tree.home, "/etc", "/home/victim"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # One path at a time swapped for a link and back, with a random pause between rounds (always
+    # swapping, the engine would refuse every run; it must also be caught mid-run).
+    swaps = [("vol:.claude", "/etc"), ("vol:.claude.json", "/etc/shadow"), ("vol:users", "/home/victim"), ("home:.claude", "/etc")]
     outcomes, index = {}, 0
-    assert racer.stdout.readline().strip() == "ready", racer.stderr.read()
     began = time.monotonic()
-    try:
+    with racing([{"swap": tree(path), "to": dest} for path, dest in swaps]) as report:
         while index < RACE_RUNS or time.monotonic() - began < RACE_SECONDS:
             index += 1
             # New state in a real ~/.claude, written as the agents' user: the racer may be swapping
@@ -215,11 +176,7 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
             key = "completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:300]
             outcomes[key] = outcomes.get(key, 0) + 1
             assert protected(tree) == before, f"run {index}: something outside the volume changed"
-    finally:
-        racer.send_signal(signal.SIGTERM)
-        racer_out, racer_err = racer.communicate()
-    assert racer.returncode == 0, racer_err
-    for path in (tree("vol:.claude"), tree("vol:.claude.json"), tree("vol:users"), tree("home:.claude")):
+    for path in (tree(path) for path, _dest in swaps):
         if os.path.islink(path):  # the racer was stopped in the middle of a swap
             os.unlink(path)
         if os.path.lexists(path + ".racer") and not os.path.lexists(path):
@@ -231,9 +188,8 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     assert_linked(tree, params)
     found = {open(path, encoding="utf-8").read() for path in _files(tree.volume) + _files(tree.home)}
     assert set(written) <= found, f"lost: {set(written) - found}"
-    swaps = int(racer_out.split()[-1])
-    figures(runs=index, racer_swaps=swaps, outcomes=outcomes)
-    assert swaps >= 20, f"the racer hardly ran: {swaps} swaps"
+    figures(runs=index, racer_swaps=report["moves"], outcomes=outcomes)
+    assert report["moves"] >= 20, f"the racer hardly ran: {report['moves']} swaps"
     assert outcomes.get("completed", 0) >= 1
 
 

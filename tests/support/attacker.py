@@ -48,10 +48,12 @@ VICTIM_FILES = {
     ".ssh/id_ed25519": "victim's key",
 }
 
-# Root-owned entries the security model allows inside a directory a user can write: none (issue 9:
-# "Nothing the run leaves in a user-writable directory is owned by root, at any instant"). Should the
-# model come to allow one (say, the bookkeeping directory), it is named here and in the README.
-ROOT_MAY_OWN: t.Tuple[str, ...] = ()
+# Root-owned entries the security model allows in a directory a user can write, by the end of their
+# path (every sandbox's volume is <home>/.agor).  Issue 9: "Nothing the run leaves in a user-writable
+# directory is owned by root, at any instant", except "<volume>/users is root-owned 0755" (the primary
+# user can rename it, and further users trust that user: the security model says so).  Should the
+# model come to allow another (say, the bookkeeping directory), it is named here and in the README.
+ROOT_MAY_OWN: t.Tuple[str, ...] = ("/.agor/users",)
 
 
 def run_or_refuse(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Tuple[t.Optional[t.Dict[str, t.Any]], t.Optional[str]]:
@@ -139,7 +141,7 @@ def _scan(fd: int, directory: str, reaching: t.Tuple[int, ...], planted: t.Colle
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
             continue  # renamed or removed while looked at
-        if writers and st.st_uid == 0 and path not in ROOT_MAY_OWN and (st.st_dev, st.st_ino) not in planted:
+        if writers and st.st_uid == 0 and not path.endswith(ROOT_MAY_OWN) and (st.st_dev, st.st_ino) not in planted:
             found.append(f"{path} ({stat.filemode(st.st_mode)} root, in a directory uid {writers[0]} can write)")
         if stat.S_ISDIR(st.st_mode) and searchers:
             with contextlib.suppress(OSError):  # gone, or swapped for a link meanwhile: not followed
