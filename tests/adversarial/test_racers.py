@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Racers against every kind of run (issue 9, item 4): while runs migrate, link, roll back and
-prepare, again and again, the agents' user renames entries (keeping any new one it can take), swaps directories and files for links
-(to /etc, to the root-only stand-in for /etc/shadow, to another user's home) and plants hard
-links to a root-only file.
+prepare, again and again, the agents' user renames entries (keeping any new one it can take),
+swaps directories and files for links (to /etc, to the root-only stand-in for /etc/shadow, to
+another user's home) and plants hard links to a root-only file.
 
 A hard link to a file one cannot read or write needs ``fs.protected_hardlinks=0``.  That sysctl is
 not namespaced (setting it here would change the host), so root plants the hard links in the
@@ -51,12 +51,16 @@ def remove_links(tree, _index):
             os.unlink(os.path.join(tree.home, name))
 
 
-# mode -> (states of the runs, in turn; what the agents' user does before each run)
+def leave_as_is(_tree, _index):
+    """Nothing: a rollback right after the start that linked the paths."""
+
+
+# mode -> the runs, in turn: (state, what the agents' user does before the run)
 MODES = {
-    "migrate": (["present"], new_state),
-    "link": (["present"], remove_links),
-    "roll back": (["present", "absent"], new_state),
-    "prepare": (["prepared"], new_state),
+    "migrate": [("present", new_state)],
+    "link": [("present", remove_links)],
+    "roll back": [("present", new_state), ("absent", leave_as_is)],
+    "prepare": [("prepared", new_state)],
 }
 
 
@@ -85,7 +89,7 @@ def stealer_moves(tree):
 @pytest.mark.parametrize("mode", MODES)
 def test_racers_against_runs(arena, mode, figures):
     tree = arena
-    states, before_each = MODES[mode]
+    turns = MODES[mode]
     os.makedirs(tree("home:.stash"))
     os.makedirs(tree("home:loot"))
     for name in ("shadow", "shadow-too"):  # as the attacker could with fs.protected_hardlinks=0
@@ -100,8 +104,8 @@ def test_racers_against_runs(arena, mode, figures):
     watching = root_watch([tree.home, VICTIM_HOME], planted=planted)
     with watching as seen, racing(racer_moves(tree)) as report, racing(stealer_moves(tree)) as stealer:
         for index in range(runs):
-            state = states[index % len(states)]
-            as_user(ATTACKER, before_each, tree, index)
+            state, before_run = turns[index % len(turns)]
+            as_user(ATTACKER, before_run, tree, index)
             _result, refusal = run_or_refuse(tree.params(CLAUDE, CLAUDE_JSON_BARE, NESTED, state=state, **base))
             key = f"{state}: " + ("completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:90])
             outcomes[key] = outcomes.get(key, 0) + 1
@@ -111,7 +115,8 @@ def test_racers_against_runs(arena, mode, figures):
     figures(runs=runs, racer_moves=report["moves"], stolen=stealer["stolen"], outcomes=outcomes)
     assert report["moves"] >= runs, f"the racer hardly ran: {report['moves']} moves"
     assert stealer["root_owned"] == [], f"the agents' user caught root-owned entries: {stealer['root_owned'][:5]}"
-    assert outcomes.get(f"{states[0]}: completed", 0) >= 1, f"no run completed: {outcomes}"
+    # Not vacuous: some starts (or builds) got through the racers (rollbacks are counted in the figures).
+    assert outcomes.get(f"{turns[0][0]}: completed"), f"no {turns[0][0]} run completed: {outcomes}"
     assert_no_root_owned([tree.home, VICTIM_HOME], seen, planted=planted)
 
 

@@ -84,7 +84,7 @@ def test_root_owned_link_chained_to_another_users_state(arena, aim):
     elsewhere = os.path.join(VICTIM_HOME, ".config") if aim != "/etc" else "/etc"
     tree.build({"home:.claude/s.jsonl": "session"})
     give_to(ATTACKER, tree.home)
-    run_or_refuse(tree.params(CLAUDE))  # no owner: as the module's "conflict: fail" EXAMPLE
+    run_or_refuse(tree.params(CLAUDE))  # no owner, as in two of the module's EXAMPLES
     before = protected(tree)
     secrets = {sha256_of(os.path.join(elsewhere, "opencode", "auth.json"))}
 
