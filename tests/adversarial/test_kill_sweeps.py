@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""SIGKILL sweeps for ``state: absent`` and ``state: prepared`` (tests/reliability/test_crash.py
-sweeps ``present``), in a container whose home and volume belong to the agents' user.
+"""SIGKILL sweeps for ``state: absent``, ``prepared`` and ``present``, in a container whose home and
+volume belong to the agents' user.
 
 The engine is killed just before each of its filesystem calls in turn (fault_injection), then run
 again.  After each kill: no file content is missing, and no entry is owned by root where the
@@ -61,7 +61,9 @@ def started_container(base, mounts):
     return AttackersContainer(base, mounts, image=image, volume=volume), dict(OWNER, state="present")
 
 
-SWEEPS = {"absent": linked_container, "prepared": image_build}
+# present is swept in tests/reliability/test_crash.py too; here the home is the attacker's, and
+# what a kill leaves there is checked for root-owned entries.
+SWEEPS = {"absent": linked_container, "prepared": image_build, "present": started_container}
 
 
 def engine(params, **faults):
