@@ -20,7 +20,7 @@ import pytest
 from agent_tree import CLAUDE, contents, snapshot, write
 from attacker import (
     ATTACKER, VICTIM, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys, give_to,
-    owners_by_inode, protected, run_or_refuse, taken_over,
+    owners_by_inode, protected, root_watch, run_or_refuse, taken_over,
 )
 from guarantees import lost
 
@@ -80,7 +80,8 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
     before, victim_before = protected(tree, victim=False), snapshot(VICTIM_HOME)
     owners, manifest = owners_by_inode(tree.home, VICTIM_HOME), contents(tree.home) + contents(VICTIM_HOME)
 
-    _result, refusal = run_or_refuse(params)
+    with root_watch([tree.home, VICTIM_HOME]) as seen:
+        _result, refusal = run_or_refuse(params)
 
     assert protected(tree, victim=False) == before, changed_keys(before, protected(tree, victim=False))
     handed = taken_over(owners, owners_by_inode(tree.home, VICTIM_HOME))
@@ -91,7 +92,7 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
         assert snapshot(VICTIM_HOME) == victim_before, "refused, yet the other user's home changed"
     else:
         assert_beyond_the_attackers_reach(tree, params["links"][1]["target"])
-    assert_no_root_owned([tree.home, VICTIM_HOME])
+    assert_no_root_owned([tree.home, VICTIM_HOME], seen)
 
 
 def assert_beyond_the_attackers_reach(tree, target):

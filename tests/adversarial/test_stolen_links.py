@@ -98,7 +98,8 @@ def test_root_owned_link_chained_to_another_users_state(arena, aim):
     planted = as_user(ATTACKER, plant)
     start = tree.params(OPENCODE, CLAUDE, owner=str(ATTACKER), group=str(ATTACKER), manage_volume_root=True)
 
-    _result, refusal = run_or_refuse(start)
+    with root_watch([tree.home, VICTIM_HOME]) as seen:
+        _result, refusal = run_or_refuse(start)
 
     assert protected(tree) == before, (
         f"{changed_keys(before, protected(tree))} changed (the attacker planted its chain: {planted})")
@@ -106,5 +107,5 @@ def test_root_owned_link_chained_to_another_users_state(arena, aim):
     assert not secrets & set(user_data(tree)), "the other account's token was moved into the attacker's volume"
     if refusal is not None:
         assert_refusal_names(refusal, tree("home:.config"), tree("vol:.claude"))
-    assert_no_root_owned([tree.home])
+    assert_no_root_owned([tree.home, VICTIM_HOME], seen)
 
