@@ -173,7 +173,8 @@ class RootWatch:
 def root_watch(roots: t.Sequence[str], users: t.Sequence[int] = (ATTACKER, VICTIM),
                planted: t.Collection[Inode] = ()) -> t.Iterator[t.List[str]]:
     """``with root_watch(roots) as seen:`` ... after the block, ``seen`` holds what the watcher found."""
-    watch, seen = RootWatch(roots, users, planted), []  # type: t.Tuple[RootWatch, t.List[str]]
+    watch = RootWatch(roots, users, planted)
+    seen: t.List[str] = []
     try:
         yield seen
     finally:
@@ -187,7 +188,7 @@ class Racer:
     """tests/support/racer.py running as ``uid`` with a JSON description of its moves (see there);
     stop() returns its report (counts, and every root-owned entry it caught)."""
 
-    def __init__(self, moves: t.Mapping[str, t.Any], uid: int = ATTACKER) -> None:
+    def __init__(self, moves: t.Sequence[t.Mapping[str, t.Any]], uid: int = ATTACKER) -> None:
         self._process = subprocess.Popen(
             user_argv(uid, sys.executable, RACER, json.dumps(moves)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -203,9 +204,10 @@ class Racer:
 
 
 @contextlib.contextmanager
-def racing(moves: t.Mapping[str, t.Any], uid: int = ATTACKER) -> t.Iterator[t.Dict[str, t.Any]]:
+def racing(moves: t.Sequence[t.Mapping[str, t.Any]], uid: int = ATTACKER) -> t.Iterator[t.Dict[str, t.Any]]:
     """``with racing(moves) as report:`` ... after the block, ``report`` holds the racer's report."""
-    racer, report = Racer(moves, uid), {}  # type: t.Tuple[Racer, t.Dict[str, t.Any]]
+    racer = Racer(moves, uid)
+    report: t.Dict[str, t.Any] = {}
     try:
         yield report
     finally:
