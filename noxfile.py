@@ -11,7 +11,7 @@ plugin docs), ``docs-check``, ``extra-checks``, ``build-import-check`` and ``ans
   ansible-test locally in a copy of the collection under ``ansible_collections/agor/persistence`` instead of
   antsibull-nox's container-based ansible-test sessions, which need docker images and GitHub, neither of
   which this kind of machine reaches;
-* ``integration``: pytest of tests/functional and tests/reliability (playbook runs, real filesystems, crashes,
+* ``integration``: pytest of tests/functional, tests/reliability and tests/adversarial (playbook runs, real filesystems, crashes,
   as root in a private mount namespace, through ``scripts/test``), ``packaging`` (build, install, run by FQCN);
 * ``matrix``: everything above, every ansible-core version. ``nox`` alone runs the fast default set
   (everything but the ansible-core 2.17 and 2.21 sessions, ``integration`` and ``packaging``, which
@@ -102,9 +102,10 @@ def units(session: nox.Session) -> None:
 
 @nox.session(python=False, default=False)
 def integration(session: nox.Session) -> None:
-    """pytest of tests/functional and tests/reliability: real trees, playbook runs, crashes, as root in a mount namespace."""
+    """pytest of tests/functional, tests/reliability and tests/adversarial: real trees, playbook runs, crashes, attacks,
+    as root in a mount namespace."""
     # tests/unit runs in the units-X.Y sessions, test_packaging.py in the packaging session.
-    paths = [path for path in ("tests/functional", "tests/reliability") if os.path.isdir(path)]
+    paths = [path for path in ("tests/functional", "tests/reliability", "tests/adversarial") if os.path.isdir(path)]
     _script(session, "test", *paths, "--ignore=tests/functional/test_packaging.py", *session.posargs)
 
 

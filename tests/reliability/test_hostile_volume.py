@@ -16,20 +16,14 @@ over it (a buggy run would write there, not on the host), /home by a tmpfs holdi
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, Link, Tree, run_engine, snapshot, write
+from attacker import ATTACKER, VICTIM, as_user, give_to, racing, run_or_refuse
 from guarantees import assert_linked, assert_nothing_lost, user_data
 
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
-
-ATTACKER = 1001
-VICTIM = 2002
 NESTED = {"path": "home:.copilot", "target": "vol:users/agor/.copilot"}
 PROTECTED_FILES = ("/etc/shadow", "/etc/passwd", "/etc/group")
 
@@ -64,42 +58,11 @@ def protected(tree):
     return state
 
 
-def owned_by_attacker(tree):
-    """As in a container after a start: the agents' user owns the home and the volume root."""
-    for dirpath, dirnames, filenames in os.walk(tree.home):
-        for name in [dirpath] + [os.path.join(dirpath, entry) for entry in dirnames + filenames]:
-            if not name.startswith(tree.meta):
-                os.lchown(name, ATTACKER, ATTACKER)
-
-
-def as_attacker(function, *args):
-    """Run ``function(*args)`` in a child process as the agents' user; True when it returned."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(ATTACKER)
-            os.setuid(ATTACKER)
-            function(*args)
-            os._exit(0)
-        except BaseException:  # pylint: disable=broad-exception-caught
-            os._exit(1)
-    return os.waitpid(pid, 0)[1] == 0
-
-
 def write_session(tree, index):
     if os.path.islink(tree("home:.claude")):
         os.unlink(tree("home:.claude"))
     os.makedirs(tree(f"home:.claude/run-{index}"))
     write(tree(f"home:.claude/run-{index}/session.jsonl"), f"session of run {index}")
-
-
-def run_or_refuse(params):
-    """A run completes, or refuses with the module's clear error; anything else fails the test."""
-    try:
-        return run_engine(params), None
-    except AgentStateLinkError as exc:
-        return None, str(exc)
 
 
 PLANTED = {
@@ -125,7 +88,7 @@ PLANTED = {
 def test_planted_symlinks(hostile, layout, links):
     tree = hostile
     tree.build(layout)
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
     before, manifest = protected(tree), tree.manifest()
 
@@ -160,7 +123,7 @@ def test_hard_links_to_root_owned_files(hostile, place, links, refusal):
         write(secret, "root's database")
         os.chmod(secret, 0o600)
     tree.build({"home:.claude/s.jsonl": "session"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     os.chown(secret, 0, 0)
     os.link(secret, tree(place))
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
@@ -180,40 +143,6 @@ def test_hard_links_to_root_owned_files(hostile, place, links, refusal):
             "a copy of a root-owned file must stay root's, unreadable to the agents' user")
 
 
-# The attacker's loop: swap one path at a time for a link and back, with a random pause between
-# swaps (always swapping, the engine would refuse every run; it must also be caught mid-run).
-RACER = r"""
-import os, random, signal, sys, time
-volume, home, etc, victim = sys.argv[1:5]
-count = 0
-def report(*_):
-    print(count, flush=True)
-    os._exit(0)
-signal.signal(signal.SIGTERM, report)
-print("ready", flush=True)
-swaps = [(os.path.join(volume, ".claude"), etc), (os.path.join(volume, ".claude.json"), "/etc/shadow"),
-         (os.path.join(volume, "users"), victim), (os.path.join(home, ".claude"), etc)]
-while True:
-    for path, dest in swaps:
-        aside = path + ".racer"
-        try:
-            os.rename(path, aside)
-        except OSError:
-            continue
-        try:
-            os.symlink(dest, path)
-            count += 1
-            time.sleep(0.0005)
-            os.unlink(path)
-        except OSError:
-            pass
-        try:
-            os.rename(aside, path)
-        except OSError:
-            pass
-        time.sleep(random.random() * 0.002)
-"""
-
 RACE_RUNS, RACE_SECONDS = 40, 2.0
 
 
@@ -226,34 +155,28 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     links = [CLAUDE, CLAUDE_JSON, NESTED]
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
     tree.build({"vol:.claude/old.jsonl": "old", "vol:users/agor/.copilot/c.json": "c"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     os.chown(tree.volume, ATTACKER, ATTACKER)
     before = protected(tree)
     written = []
-    racer = subprocess.Popen(
-        ["setpriv", f"--reuid={ATTACKER}", f"--regid={ATTACKER}", "--clear-groups", "--",
-         sys.executable, "-c", RACER, tree.volume, tree.home, "/etc", "/home/victim"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # One path at a time swapped for a link and back, with a random pause between rounds (always
+    # swapping, the engine would refuse every run; it must also be caught mid-run).
+    swaps = [("vol:.claude", "/etc"), ("vol:.claude.json", "/etc/shadow"), ("vol:users", "/home/victim"), ("home:.claude", "/etc")]
     outcomes, index = {}, 0
-    assert racer.stdout.readline().strip() == "ready", racer.stderr.read()
     began = time.monotonic()
-    try:
+    with racing([{"swap": tree(path), "to": dest} for path, dest in swaps]) as report:
         while index < RACE_RUNS or time.monotonic() - began < RACE_SECONDS:
             index += 1
             # New state in a real ~/.claude, written as the agents' user: the racer may be swapping
             # that path for a link to /etc this very moment, and root writing through it would
             # be the test's own escape, not the engine's.
-            if as_attacker(write_session, tree, index):
+            if as_user(ATTACKER, write_session, tree, index):
                 written.append(f"session of run {index}")
             _result, refusal = run_or_refuse(params)
             key = "completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:300]
             outcomes[key] = outcomes.get(key, 0) + 1
             assert protected(tree) == before, f"run {index}: something outside the volume changed"
-    finally:
-        racer.send_signal(signal.SIGTERM)
-        racer_out, racer_err = racer.communicate()
-    assert racer.returncode == 0, racer_err
-    for path in (tree("vol:.claude"), tree("vol:.claude.json"), tree("vol:users"), tree("home:.claude")):
+    for path in (tree(path) for path, _dest in swaps):
         if os.path.islink(path):  # the racer was stopped in the middle of a swap
             os.unlink(path)
         if os.path.lexists(path + ".racer") and not os.path.lexists(path):
@@ -265,9 +188,8 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     assert_linked(tree, params)
     found = {open(path, encoding="utf-8").read() for path in _files(tree.volume) + _files(tree.home)}
     assert set(written) <= found, f"lost: {set(written) - found}"
-    swaps = int(racer_out.split()[-1])
-    figures(runs=index, racer_swaps=swaps, outcomes=outcomes)
-    assert swaps >= 20, f"the racer hardly ran: {swaps} swaps"
+    figures(runs=index, racer_swaps=report["moves"], outcomes=outcomes)
+    assert report["moves"] >= 20, f"the racer hardly ran: {report['moves']} swaps"
     assert outcomes.get("completed", 0) >= 1
 
 
@@ -278,7 +200,7 @@ def test_link_planted_again_after_a_failed_run(hostile, mounts):
     (before the fix every later run refused, so the container could never start again)."""
     tree = hostile
     tree.build({"vol:.claude": Link("/etc"), "home:.claude/s.jsonl": "session"})
-    owned_by_attacker(tree)
+    give_to(ATTACKER, tree.home)
     params = tree.params(CLAUDE, owner=str(ATTACKER), group=str(ATTACKER))
     before, manifest = protected(tree), tree.manifest()
     fail_on_a_read_only_home(tree, mounts, params)

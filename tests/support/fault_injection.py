@@ -33,63 +33,71 @@ class Child:
 
     def __init__(self, pid: int, pipe: int) -> None:
         self.pid, self._pipe = pid, pipe
+        self.error = ""  # after wait(): why it failed (exit code 1), as "ExceptionType: message"
 
     def wait(self) -> t.Tuple[int, t.List[str]]:
         """Its exit code (-9 when killed) and, when it ran to its end, the names of its calls, in order."""
         with os.fdopen(self._pipe, "rb") as pipe:
-            names = pipe.read().decode().split()
+            names, _sep, self.error = pipe.read().decode().partition("\0")
         _pid, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status), names
+        return os.waitstatus_to_exitcode(status), names.split()
 
 
 def start_with_faults(
     params: t.Mapping[str, t.Any], kill_before: t.Optional[int] = None, stop_before: t.Optional[int] = None,
-    check_mode: bool = False,
+    check_mode: bool = False, pid: t.Optional[int] = None,
 ) -> Child:
     """Start the engine in a child process that sends itself SIGKILL (``kill_before``) or SIGSTOP
     (``stop_before``: it waits there, holding whatever it holds, until sent SIGCONT) just before
-    its Nth filesystem call."""
+    its Nth filesystem call.  With ``pid``, os.getpid() tells the engine that number (every
+    container's first process is PID 1: a run there sees the PID of the one killed before it)."""
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into the test
+    child = os.fork()
+    if child == 0:  # the child: never returns into the test
         code = 70
         try:
             os.close(read_fd)
             calls: t.List[str] = []
             _install({kill_before: signal.SIGKILL, stop_before: signal.SIGSTOP}, calls)
+            if pid is not None:
+                os.getpid = lambda: pid
             from agent_tree import run_engine
 
+            error = ""
             try:
                 run_engine(params, check_mode=check_mode)
                 code = 0
-            except Exception:  # a refusal or a failure: exit 1, like the module
-                code = 1
-            data = "\n".join(calls).encode()
+            except Exception as exc:  # a refusal or a failure: exit 1, like the module
+                code, error = 1, f"{type(exc).__name__}: {exc}"
+            data = ("\n".join(calls) + ("\0" + error if error else "")).encode()
             while data:
                 data = data[_WRITE(write_fd, data):]
         finally:
             os._exit(code)
     os.close(write_fd)
-    return Child(pid, read_fd)
+    return Child(child, read_fd)
 
 
 def run_with_faults(
     params: t.Mapping[str, t.Any], kill_before: t.Optional[int] = None, check_mode: bool = False,
+    pid: t.Optional[int] = None,
 ) -> t.Tuple[int, t.List[str]]:
     """Run the engine in a child process to its end or its kill; see Child.wait."""
-    return start_with_faults(params, kill_before=kill_before, check_mode=check_mode).wait()
+    return start_with_faults(params, kill_before=kill_before, check_mode=check_mode, pid=pid).wait()
 
 
 _WRITE = os.write
 
 
 def _install(signals: t.Mapping[t.Optional[int], int], calls: t.List[str]) -> None:
+    own_pid = os.getpid()  # the real one, whatever os.getpid() is made to say afterwards
+
     def counted(name: str, real: t.Callable[..., t.Any], counts: t.Callable[..., bool]) -> t.Callable[..., t.Any]:
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
             if counts(*args, **kwargs):
                 calls.append(name)
                 if len(calls) in signals:
-                    os.kill(os.getpid(), signals[len(calls)])
+                    os.kill(own_pid, signals[len(calls)])
             return real(*args, **kwargs)
         return wrapper
 
