@@ -208,6 +208,8 @@ class Executor:
 
     def _link(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
+            if P.entry_at(parent_fd, name).points_to(step.dest):
+                return  # swapped in already, with the state file it replaces (see _move_state_file)
             st = _fs.lstat_at(parent_fd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
                 remove_emptied_dirs(parent_fd, name, step.path)
@@ -288,6 +290,8 @@ class Executor:
                     except OSError as exc:
                         if exc.errno != errno.EXDEV:
                             raise
+                if step.path == link.path and link.kind == "file" and self._move_state_file(step, link, src_fd, src_name):
+                    continue
                 name = self._stage_name()
                 staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name)))
         if not staged:
@@ -301,10 +305,41 @@ class Executor:
                 if _fs.remove_copied(src_fd, src_name, manifest):
                     continue
                 if step.path == link.path and link.kind == "file":
-                    self._retract(step, link, manifest)
+                    self._retract(step, link, "written to while it was being moved")
                 self.warnings.append(f"{step.path}: changed after it was copied to {step.dest}; the rest is left in place")
 
-    def _retract(self, step: P.Step, link: LinkSpec, manifest: t.Mapping[str, _fs.Identity]) -> None:
+    def _move_state_file(self, step: P.Step, link: LinkSpec, src_fd: int, src_name: str) -> bool:
+        """Move a state file to another filesystem while programs may write to it: copy it, then
+        swap the link in for it, all under a read lease that tells whether any program opened the
+        file for writing meanwhile (its write would go to the old file).  If one did, the file goes
+        back and the run stops: nothing written is ever lost.  False where leases or atomic exchange
+        are not available (the caller then moves it like any entry)."""
+        st = _fs.lstat_at(src_fd, src_name)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        with _fs.read_lease(src_fd, src_name, _fs.identity(st)) as leased:
+            if leased is None:
+                return False
+            name = self._stage_name()
+            manifest = _fs.Copier().copy(src_fd, src_name, self._staging(), name)
+            _fs.sync_filesystem(self._staging())
+            self._rename_into_place(name, step.dest, link)
+            _fs.sync_filesystem(self._staging())
+            tmp = _fs.stale_link_name(src_name)
+            _fs.remove_stale_link(src_fd, src_name)
+            os.symlink(link.target, tmp, dir_fd=src_fd)
+            if not _fs.exchange_at(src_fd, tmp, src_name):
+                os.unlink(tmp, dir_fd=src_fd)
+                self._retract(step, link, "cannot be swapped atomically here")
+            old = _fs.lstat_at(src_fd, tmp)
+            if _fs.lease_broken(leased) or old is None or _fs.identity(old) != manifest[""]:
+                _fs.exchange_at(src_fd, tmp, src_name)  # the file back at its path, as the writer expects
+                os.unlink(tmp, dir_fd=src_fd)
+                self._retract(step, link, "written to while it was being moved")
+            os.unlink(tmp, dir_fd=src_fd)  # the old file: unchanged, and nobody opened it for writing
+        return True
+
+    def _retract(self, step: P.Step, link: LinkSpec, why: str) -> t.NoReturn:
         """A state file written to while it was copied: take the now stale copy back out of the
         volume (the home keeps the newer file) and stop, so that the rerun migrates the new one."""
         with self._parent_of(step.dest, link) as (dst_fd, dst_name):
@@ -313,9 +348,7 @@ class Executor:
                 aside = self._stage_name()
                 os.rename(dst_name, aside, src_dir_fd=dst_fd, dst_dir_fd=self._staging())
                 B.remove_tree_at(self._staging(), aside)
-        raise AgentStateLinkError(
-            f"{step.path}: written to while it was being moved to {step.dest}; nothing was replaced or lost, rerun"
-        )
+        raise AgentStateLinkError(f"{step.path}: {why} to {step.dest}; nothing was replaced or lost, rerun")
 
     def _rename_into_place(self, staged_name: str, dest: str, link: LinkSpec) -> None:
         with self._parent_of(dest, link, create=is_within(dest, self.meta_path)) as (dst_fd, dst_name):

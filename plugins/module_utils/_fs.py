@@ -12,10 +12,14 @@ seen as a link and never traversed, re-owned or copied through.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import os
+import signal
 import stat
+import time
 import typing as t
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
@@ -473,10 +477,15 @@ def rename_noreplace_at(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
 def swap_at(dir_fd: int, new: str, name: str) -> t.Optional[os.stat_result]:
     """Put ``new`` at ``name`` and whatever stood at ``name`` at ``new``, atomically, and return
     the status of what was replaced.  Without renameat2, a plain rename (None is returned)."""
-    if _renameat2(dir_fd, new, dir_fd, name, RENAME_EXCHANGE):
+    if exchange_at(dir_fd, new, name):
         return lstat_at(dir_fd, new)
     os.rename(new, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     return None
+
+
+def exchange_at(dir_fd: int, first: str, second: str) -> bool:
+    """Exchange two entries of a directory atomically; False (nothing done) where unsupported."""
+    return _renameat2(dir_fd, first, dir_fd, second, RENAME_EXCHANGE)
 
 
 def _renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int) -> bool:
@@ -523,3 +532,51 @@ def open_private_dir(dir_fd: int, name: str) -> t.Optional[int]:
         os.close(fd)
         return None
     return fd
+
+
+F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
+F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
+F_SETSIG = getattr(fcntl, "F_SETSIG", 10)
+
+
+@contextlib.contextmanager
+def read_lease(dir_fd: int, name: str, expected: Identity, wait: float = 2.0) -> t.Iterator[t.Optional[int]]:
+    """Hold a read lease (fcntl F_SETLEASE) on the regular file ``name`` while it is moved: the
+    kernel then marks the lease broken as soon as any process opens the file for writing, so the
+    mover can tell whether a write may have reached it (``lease_broken``).  Yields the leased
+    descriptor, or None where leases are not available (another filesystem, not the file's owner).
+
+    A file open for writing right now cannot be leased: tried for ``wait`` seconds, then refused.
+    The break is signalled with SIGURG, ignored by default, instead of SIGIO, which would kill.
+    """
+    fd = os.open(name, READ_FLAGS, dir_fd=dir_fd)
+    try:
+        if identity(os.fstat(fd)) != expected:
+            raise AgentStateLinkError(f"{name}: replaced while it was being moved; nothing lost, rerun")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.fcntl(fd, F_SETSIG, signal.SIGURG)
+                fcntl.fcntl(fd, F_SETLEASE, fcntl.F_RDLCK)
+                break
+            except OSError as exc:
+                if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EACCES, errno.ENOTSUP):
+                    os.close(fd)
+                    fd = -1
+                    break
+                if exc.errno != errno.EAGAIN:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise AgentStateLinkError(
+                        f"{name}: a program holds it open for writing; stop it (or rerun when it is done), nothing was changed"
+                    ) from None
+                time.sleep(0.01)
+        yield None if fd < 0 else fd
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lease
+
+
+def lease_broken(fd: t.Optional[int]) -> bool:
+    """Whether a process opened the leased file for writing since the lease was taken."""
+    return fd is not None and fcntl.fcntl(fd, F_GETLEASE) != fcntl.F_RDLCK

@@ -75,12 +75,16 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
     if after_a_start:
         _result, refusal = run_or_refuse(params)
         assert refusal is None, f"the first start, before any attack: {refusal}"
+    # Root's users directory, by identity: the attacker may rename it (the model allows that), and
+    # wherever it goes it is still the one root made, not something this run left.
+    users = os.lstat(tree("vol:users")) if os.path.isdir(tree("vol:users")) else None
+    roots_own = [(users.st_dev, users.st_ino)] if users is not None and users.st_uid == 0 else []
     attacked = as_user(ATTACKER, attack, tree)
     assert attacked, "the attacker could not set up its attack"
     before, victim_before = protected(tree, victim=False), snapshot(VICTIM_HOME)
     owners, manifest = owners_by_inode(tree.home, VICTIM_HOME), contents(tree.home) + contents(VICTIM_HOME)
 
-    with root_watch([tree.home, VICTIM_HOME]) as seen:
+    with root_watch([tree.home, VICTIM_HOME], planted=roots_own) as seen:
         _result, refusal = run_or_refuse(params)
 
     assert protected(tree, victim=False) == before, changed_keys(before, protected(tree, victim=False))
@@ -92,7 +96,7 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
         assert snapshot(VICTIM_HOME) == victim_before, "refused, yet the other user's home changed"
     else:
         assert_beyond_the_attackers_reach(tree, params["links"][1]["target"])
-    assert_no_root_owned([tree.home, VICTIM_HOME], seen)
+    assert_no_root_owned([tree.home, VICTIM_HOME], seen, planted=roots_own)
 
 
 def assert_beyond_the_attackers_reach(tree, target):
@@ -123,6 +127,6 @@ def test_users_directory_owned_by_root_and_each_name_by_its_user(arena):
 
     assert refusal is None, refusal
     assert_beyond_the_attackers_reach(tree, params["links"][1]["target"])
-    write(os.path.join(VICTIM_HOME, ".claude", "check"), "written through the link")
+    assert as_user(VICTIM, write, os.path.join(VICTIM_HOME, ".claude", "check"), "written through the link")
     assert os.path.isfile(tree("vol:users/victim/.claude/check"))
     assert_no_root_owned([tree.home, VICTIM_HOME])

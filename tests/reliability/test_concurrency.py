@@ -135,7 +135,7 @@ def test_an_audit_waits_for_a_start_it_would_otherwise_read_half_done(tmp_path, 
         time.sleep(1)
         assert audit.poll() is None, "the audit did not wait for the start"
     finally:
-        os.kill(start.pid, signal.SIGCONT)
+        os.killpg(start.pid, signal.SIGCONT)  # the whole group: an account's process too
     assert start.wait()[0] == 0
     out, _err = audit.communicate(timeout=120)
     assert json.loads(out)["changed"] is False, out

@@ -56,6 +56,15 @@ def contents(root: str, exclude: t.Iterable[str] = ()) -> t.Counter[str]:
     return counter
 
 
+def reachable(path: str) -> None:
+    """Let every account traverse the directories from / to ``path`` (test sandboxes only)."""
+    while path != "/":
+        mode = os.stat(path).st_mode
+        if mode & 0o011 != 0o011:
+            os.chmod(path, stat.S_IMODE(mode) | 0o011)
+        path = os.path.dirname(path)
+
+
 def write(path: str, content: str = "x") -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as handle:
@@ -115,6 +124,13 @@ class Tree:
     @property
     def meta(self) -> str:
         return os.path.join(self.volume, ".agent-state-link")
+
+    def give_to(self, uid: int, gid: int, *refs: str) -> None:
+        """As in an image: the home (and ``refs``, e.g. the volume root) belong to the agents'
+        account, which must also be able to reach them (pytest's temporary directories are 0700)."""
+        reachable(self.root)
+        for path in (self.home, *map(self, refs)):
+            os.chown(path, uid, gid)
 
     def user_view(self) -> t.Dict[str, Entry]:
         """snapshot() of the sandbox as a user sees it: the module's bookkeeping directory (the lock a

@@ -10,12 +10,18 @@ filesystems; nothing is simulated.
 
 Forking instead of starting a new interpreter keeps each trial at a few milliseconds, so that a
 test can kill the engine before every single call of a run in turn.
+
+The engine forks too (each account's part runs in a process of that account, which closes every
+descriptor it inherits): the calls are counted in shared memory, so that the Nth call is the Nth
+of the whole run, and the signal goes to the whole process group, as a container's kill does.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
+import struct
 import typing as t
 
 # Every os function the engine (or the standard library under it) could use to change what is on
@@ -57,7 +63,8 @@ def start_with_faults(
         code = 70
         try:
             os.close(read_fd)
-            calls: t.List[str] = []
+            os.setpgid(0, 0)
+            calls = _SharedCalls()
             _install({kill_before: signal.SIGKILL, stop_before: signal.SIGSTOP}, calls)
             if pid is not None:
                 os.getpid = lambda: pid
@@ -69,7 +76,7 @@ def start_with_faults(
                 code = 0
             except Exception as exc:  # a refusal or a failure: exit 1, like the module
                 code, error = 1, f"{type(exc).__name__}: {exc}"
-            data = ("\n".join(calls) + ("\0" + error if error else "")).encode()
+            data = ("\n".join(calls.names()) + ("\0" + error if error else "")).encode()
             while data:
                 data = data[_WRITE(write_fd, data):]
         finally:
@@ -89,15 +96,36 @@ def run_with_faults(
 _WRITE = os.write
 
 
-def _install(signals: t.Mapping[t.Optional[int], int], calls: t.List[str]) -> None:
-    own_pid = os.getpid()  # the real one, whatever os.getpid() is made to say afterwards
+class _SharedCalls:
+    """The names of the calls made, in order, in memory shared with the processes the engine forks
+    (one of them runs at a time: the engine waits for each account's process)."""
+
+    SIZE = 16 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, self.SIZE)  # anonymous and shared: survives fork and closed descriptors
+
+    def append(self, name: str) -> int:
+        count, end = struct.unpack_from("QQ", self._memory, 0)
+        data = name.encode() + b"\n"
+        self._memory[16 + end:16 + end + len(data)] = data
+        struct.pack_into("QQ", self._memory, 0, count + 1, end + len(data))
+        return count + 1
+
+    def names(self) -> t.List[str]:
+        _count, end = struct.unpack_from("QQ", self._memory, 0)
+        return self._memory[16:16 + end].decode().split()
+
+
+def _install(signals: t.Mapping[t.Optional[int], int], calls: _SharedCalls) -> None:
+    group = os.getpgid(0)
 
     def counted(name: str, real: t.Callable[..., t.Any], counts: t.Callable[..., bool]) -> t.Callable[..., t.Any]:
         def wrapper(*args: t.Any, **kwargs: t.Any) -> t.Any:
             if counts(*args, **kwargs):
-                calls.append(name)
-                if len(calls) in signals:
-                    os.kill(own_pid, signals[len(calls)])
+                number = calls.append(name)
+                if number in signals:
+                    os.killpg(group, signals[number])
             return real(*args, **kwargs)
         return wrapper
 
