@@ -290,6 +290,8 @@ class Planner:
             plan.steps.extend(self._plan_backup(home_fd, name, link.path))
         if not migrated and self.job.state == "present":
             plan.steps.extend(self._plan_fill(plan, store_exists))
+        if link.kind == "file" and home_fd is not None:
+            plan.steps.extend(self._plan_swapped_out(plan, home_fd, name))
         if not in_place:
             plan.steps.append(Step(Action.LINK, link.path, link.target))
 
@@ -341,6 +343,24 @@ class Planner:
         finally:
             if fd is not None:
                 os.close(fd)
+
+    def _plan_swapped_out(self, plan: LinkPlan, home_fd: int, name: str) -> t.List[Step]:
+        """A state file a killed run had swapped out for its link (see _apply's _move_state_file)
+        stands beside the path under the temporary link's name: dropped when the volume holds the
+        same bytes, else backed up."""
+        leftover = _fs.stale_link_name(name)
+        if entry_at(home_fd, leftover).kind is not Kind.FILE:
+            return []
+        leftover_path = os.path.join(os.path.dirname(plan.link.path), leftover)
+        parts = self.territory_parts(plan.link)
+        parent_fd = None if self.territory_fd is None else _fs.walk_at(self.territory_fd, parts[:-1])
+        if parent_fd is None:
+            return self._plan_backup(home_fd, leftover, leftover_path)
+        try:
+            steps = self._plan_existing(home_fd, leftover, leftover_path, parent_fd, parts[-1], plan.store)
+        finally:
+            os.close(parent_fd)
+        return self._plan_backup(home_fd, leftover, leftover_path) if steps is None else steps
 
     def _missing_directories(self, path: str, action: Action) -> t.List[Step]:
         """Steps creating ``path`` and its missing ancestors, outermost first."""

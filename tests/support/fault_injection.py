@@ -76,6 +76,8 @@ def start_with_faults(
                 code = 0
             except Exception as exc:  # a refusal or a failure: exit 1, like the module
                 code, error = 1, f"{type(exc).__name__}: {exc}"
+            if calls.pending():  # an account's process was killed and could not kill root's: now
+                os.killpg(0, calls.pending())
             data = ("\n".join(calls.names()) + ("\0" + error if error else "")).encode()
             while data:
                 data = data[_WRITE(write_fd, data):]
@@ -105,16 +107,24 @@ class _SharedCalls:
     def __init__(self) -> None:
         self._memory = mmap.mmap(-1, self.SIZE)  # anonymous and shared: survives fork and closed descriptors
 
+    HEADER = 24  # calls made, bytes of names, the signal an account's process could not send to root's
+
     def append(self, name: str) -> int:
-        count, end = struct.unpack_from("QQ", self._memory, 0)
+        count, end, pending = struct.unpack_from("QQQ", self._memory, 0)
         data = name.encode() + b"\n"
-        self._memory[16 + end:16 + end + len(data)] = data
-        struct.pack_into("QQ", self._memory, 0, count + 1, end + len(data))
+        self._memory[self.HEADER + end:self.HEADER + end + len(data)] = data
+        struct.pack_into("QQQ", self._memory, 0, count + 1, end + len(data), pending)
         return count + 1
 
     def names(self) -> t.List[str]:
-        _count, end = struct.unpack_from("QQ", self._memory, 0)
-        return self._memory[16:16 + end].decode().split()
+        end = struct.unpack_from("QQQ", self._memory, 0)[1]
+        return self._memory[self.HEADER:self.HEADER + end].decode().split()
+
+    def request(self, signum: int) -> None:
+        struct.pack_into("Q", self._memory, 16, signum)
+
+    def pending(self) -> int:
+        return struct.unpack_from("Q", self._memory, 16)[0]
 
 
 def _install(signals: t.Mapping[t.Optional[int], int], calls: _SharedCalls) -> None:
@@ -125,6 +135,8 @@ def _install(signals: t.Mapping[t.Optional[int], int], calls: _SharedCalls) -> N
             if counts(*args, **kwargs):
                 number = calls.append(name)
                 if number in signals:
+                    if os.geteuid() != 0:  # an account's process may not signal root's: root's follows at once
+                        calls.request(signals[number])
                     os.killpg(group, signals[number])
             return real(*args, **kwargs)
         return wrapper
