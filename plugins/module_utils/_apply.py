@@ -182,7 +182,9 @@ class Executor:
 
     def _seed(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
-        self._copy_into_place(step.path, step.dest, link, _fs.Copier(owner=(link.uid, link.gid)))
+        copier = _fs.Copier(owner=(link.uid, link.gid))
+        self._copy_into_place(step.path, step.dest, link, copier)
+        self.warnings.extend(copier.notes)
 
     def _create_file(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         link = link_plan.link
@@ -200,7 +202,7 @@ class Executor:
         try:
             st = _fs.lstat_at(parent_fd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
-                remove_emptied_dirs(parent_fd, name, step.path)
+                _fs.remove_emptied_dirs(parent_fd, name, step.path)
             _fs.replace_with_symlink(parent_fd, name, step.dest, link.uid, link.gid)
         finally:
             os.close(parent_fd)
@@ -212,10 +214,12 @@ class Executor:
 
         def copy_target(parent_fd: int, tmp: str) -> None:
             src_fd, src_name = self._parent(step.dest, link_plan.link)
+            copier = _fs.Copier()
             try:
-                _fs.Copier().copy(src_fd, src_name, parent_fd, tmp)
+                copier.copy(src_fd, src_name, parent_fd, tmp, source_path=step.dest)
             finally:
                 os.close(src_fd)
+            self.warnings.extend(copier.notes)
             _fs.sync_filesystem(parent_fd)
 
         self._replace_link_with(step.path, link_plan.link, copy_target)
@@ -231,7 +235,7 @@ class Executor:
         parent_fd, name = self._parent(path, link)
         try:
             tmp = "." + name + RESTORE_SUFFIX
-            remove_tree_at(parent_fd, tmp)  # an interrupted restore's copy; the volume holds the original
+            _fs.remove_tree_at(parent_fd, tmp)  # an interrupted restore's copy; the volume holds the original
             fill(parent_fd, tmp)
             self._swap_in(parent_fd, tmp, name)
         finally:
@@ -259,7 +263,7 @@ class Executor:
 
     def _move_all(self, steps: t.Sequence[P.Step], link: LinkSpec) -> None:
         """Move entries to their destinations: rename where possible, else a durable copy."""
-        staged: t.List[t.Tuple[str, P.Step, t.Dict[str, _fs.Identity]]] = []
+        staged: t.List[t.Tuple[str, P.Step, _fs.Manifest]] = []
         copier = _fs.Copier()
         for step in steps:
             src_fd, src_name = self._parent(step.path, link)
@@ -277,9 +281,10 @@ class Executor:
                 finally:
                     os.close(dst_fd)
                 name = self._stage_name()
-                staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name)))
+                staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name, source_path=step.path)))
             finally:
                 os.close(src_fd)
+        self.warnings.extend(copier.notes)
         if not staged:
             return
         _fs.sync_filesystem(self._staging())  # every copy durable before it becomes visible
@@ -298,7 +303,7 @@ class Executor:
         src_fd, src_name = self._parent(src, link)
         try:
             name = self._stage_name()
-            copier.copy(src_fd, src_name, self._staging(), name)
+            copier.copy(src_fd, src_name, self._staging(), name, source_path=src)
         finally:
             os.close(src_fd)
         _fs.sync_filesystem(self._staging())
@@ -343,38 +348,6 @@ def clear_staging(meta_fd: int) -> None:
     staging_fd = _fs.open_dir_at(meta_fd, STAGING_DIR_NAME)
     try:
         for name in _fs.list_dir(staging_fd):
-            remove_tree_at(staging_fd, name)
+            _fs.remove_tree_at(staging_fd, name)
     finally:
         os.close(staging_fd)
-
-
-def remove_tree_at(dir_fd: int, name: str) -> None:
-    """Remove a tree of our own copies (staging, an interrupted restore) without following links."""
-    st = _fs.lstat_at(dir_fd, name)
-    if st is None:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    fd = _fs.open_dir_at(dir_fd, name)
-    try:
-        for child in _fs.list_dir(fd):
-            remove_tree_at(fd, child)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dir_fd)
-
-
-def remove_emptied_dirs(parent_fd: int, name: str, path: str) -> None:
-    """Remove a home directory whose content has all been moved: rmdir only, so nothing else can go."""
-    fd = _fs.open_dir_at(parent_fd, name)
-    try:
-        with os.scandir(fd) as entries:
-            children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-        for child, is_dir in children:
-            if not is_dir:
-                raise AgentStateLinkError(f"{path}/{child}: appeared during migration; nothing lost, rerun")
-            remove_emptied_dirs(fd, child, f"{path}/{child}")
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)

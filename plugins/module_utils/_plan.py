@@ -288,14 +288,13 @@ class Planner:
 
     def _plan_dir_merge(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> t.List[Step]:
         steps: t.List[Step] = []
-        for child in sorted(_fs.list_dir(src_fd)):
-            src_child, dst_child = os.path.join(src_path, child), os.path.join(dst_path, child)
-            dst_kind = "missing" if dst_fd is None else _fs.kind_of(_fs.lstat_at(dst_fd, child))
-            if dst_kind == "missing":
-                self._refuse_unmovable(src_fd, child, src_path)
+        for entry in _fs.walk_merge(src_fd, dst_fd):  # walks into the directories both hold, however deep
+            src_child, dst_child = os.path.join(src_path, *entry.parts), os.path.join(dst_path, *entry.parts)
+            if entry.dst_kind == "missing":
+                self._refuse_unmovable(entry.src_dir, entry.name, os.path.dirname(src_child))
                 steps.append(Step(MOVE, src_child, dst_child))
             else:
-                steps.extend(self._plan_entry(src_fd, child, src_child, dst_child, dst_fd))
+                steps.extend(self._plan_entry(entry.src_dir, entry.name, src_child, dst_child, entry.dst_dir))
         return steps
 
     def _plan_entry(
