@@ -342,6 +342,7 @@ class DirChain:
         self._fds: t.List[t.Optional[int]] = [own]
         self._ids: t.List[t.Tuple[int, int]] = [(st.st_dev, st.st_ino)]
         self._names: t.List[str] = []
+        self._parts: t.Optional[t.Tuple[str, ...]] = ()
         self._first_open = 0
 
     @classmethod
@@ -369,9 +370,15 @@ class DirChain:
         return self._ids[-1]
 
     @property
+    def depth(self) -> int:
+        return len(self._names)
+
+    @property
     def parts(self) -> t.Tuple[str, ...]:
         """The names entered from the start down to the current directory."""
-        return tuple(self._names)
+        if self._parts is None:
+            self._parts = tuple(self._names)
+        return self._parts
 
     def enter(self, name: str, expect: t.Optional[t.Tuple[int, int]] = None) -> bool:
         """Go down into the child directory ``name`` (never through a link).  With ``expect``, only
@@ -384,6 +391,7 @@ class DirChain:
         self._fds.append(fd)
         self._ids.append((st.st_dev, st.st_ino))
         self._names.append(name)
+        self._parts = None
         if len(self._fds) - self._first_open > MAX_OPEN_DIRS:
             os.close(t.cast(int, self._fds[self._first_open]))
             self._fds[self._first_open] = None
@@ -395,6 +403,7 @@ class DirChain:
         child = t.cast(int, self._fds.pop())
         self._ids.pop()
         name = self._names.pop()
+        self._parts = None
         try:
             if self._fds[-1] is None:
                 parent = os.open("..", DIR_FLAGS, dir_fd=child)
@@ -431,9 +440,9 @@ def walk(chain: DirChain) -> t.Iterator[t.Tuple[str, str, bool]]:
             if listings:
                 yield chain.leave(), "directory", True
             continue
-        depth = len(chain.parts)
+        depth = chain.depth
         yield item[0], item[1], False
-        if len(chain.parts) > depth:
+        if chain.depth > depth:
             listings.append(iter(_listing(chain.fd)))
 
 
@@ -546,7 +555,7 @@ class Copier:
             for name, _kind, done in walk(src):
                 if done:
                     _node, dir_st, xattrs = pending.pop()
-                    self._set_metadata(dst.fd, dir_st, xattrs, (dst_name, *dst.parts))
+                    self._set_metadata(dst.fd, dir_st, xattrs)
                     dst.leave()
                     continue
                 entry_st = lstat_at(src.fd, name)
@@ -562,7 +571,7 @@ class Copier:
                 dst.enter(name)
                 entries[name] = Manifest(identity(entry_st), is_dir=True)
                 pending.append((entries[name], entry_st, _copied_xattrs(src.fd)))
-            self._set_metadata(dst.fd, st, pending[0][2], (dst_name,), top_level=True)
+            self._set_metadata(dst.fd, st, pending[0][2], top_level=True)
         return manifest
 
     def _ownership(self, st: os.stat_result) -> t.Tuple[int, int]:
@@ -631,10 +640,11 @@ class Copier:
             raise AgentStateLinkError(f"{self._note_path(parts)}: the copy it is linked to was replaced while being copied; rerun")
 
     def _set_metadata(
-        self, fd: int, st: os.stat_result, xattrs: t.List[t.Tuple[str, bytes]], parts: t.Sequence[str],
+        self, fd: int, st: os.stat_result, xattrs: t.List[t.Tuple[str, bytes]], parts: t.Sequence[str] = (),
         top_level: bool = False,
     ) -> None:
-        """Give a copy its source's owner (or ``owner``), extended attributes, mode and times.
+        """Give a copy its source's owner (or ``owner``), extended attributes, mode and times
+        (``parts``: a file's path below the copy's root, for notes).
 
         chown comes first: it clears set-id bits and capabilities, which are set again after it
         only while the copy keeps its source's owner.
