@@ -611,7 +611,7 @@ class Copier:
                 after = os.fstat(src)
                 if identity(after) != identity(before) or not complete or os.fstat(dst).st_size != before.st_size:
                     raise AgentStateLinkError(f"{src_name}: changed while being copied; nothing was removed, rerun")
-                self._set_metadata(dst, st, _copied_xattrs(src), parts)
+                self._set_metadata(dst, st, _copied_xattrs(src), parts, top_level=len(parts) == 1)
                 if st.st_nlink > 1:
                     self._linked[(st.st_dev, st.st_ino)] = (self._root, parts, os.fstat(dst).st_ino, identity(before))
             finally:
@@ -673,14 +673,11 @@ class Copier:
             except OSError as exc:
                 if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL):
                     raise
-                self._note_once(f"{self._label}: extended attribute {name} not kept on its copy ({os.strerror(exc.errno)})", name)
+                note = f"{self._label}: extended attribute {name} not kept by its copy ({os.strerror(exc.errno)})"
+                if note not in self.notes:  # once per attribute, not once per file
+                    self.notes.append(note)
         os.fchmod(fd, mode)
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-    def _note_once(self, note: str, key: str) -> None:
-        """One note per kind of attribute lost, not one per file."""
-        if not any(key in known for known in self.notes):
-            self.notes.append(note)
 
 
 def _copied_xattrs(fd: int) -> t.List[t.Tuple[str, bytes]]:

@@ -211,3 +211,24 @@ def test_dense_files_copy_whole(reachable_base, mounts, size):
     run_as_predicted(tree.params(CLAUDE))
     with open(tree("vol:.claude/f"), "rb") as handle:
         assert handle.read() == content
+
+
+def test_attributes_the_volume_cannot_hold_are_reported(reachable_base, mounts):
+    """ramfs keeps no extended attributes: the move still happens, and the result says what was not kept."""
+    tree = Tree(reachable_base)
+    mounts.tmpfs(tree.home)
+    os.makedirs(tree.volume)
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", tree.volume], check=True)
+    mounts.points.append(tree.volume)
+    session = tree("home:.claude/session.jsonl")
+    os.makedirs(os.path.dirname(session))
+    with open(session, "w", encoding="utf-8") as handle:
+        handle.write("{}\n")
+    os.setxattr(session, "user.agent", b"claude")
+
+    result = run_as_predicted(tree.params(CLAUDE))
+
+    with open(tree("vol:.claude/session.jsonl"), encoding="utf-8") as handle:
+        assert handle.read() == "{}\n"
+    assert result["warnings"] == [
+        f"{tree('home:.claude/session.jsonl')}: extended attribute user.agent not kept by its copy (Operation not supported)"]

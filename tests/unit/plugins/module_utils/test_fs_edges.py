@@ -290,3 +290,21 @@ def test_set_id_bits_and_capabilities_only_with_the_same_owner(base, as_root, ow
             "/opt/seed/tools/setuid: setuid bit dropped from its copy, which belongs to uid 1001 gid 1001 instead of uid 0 gid 0",
         ]
         assert {os.lstat(os.path.join(copy, name)).st_uid for name in modes} == {1001}
+
+
+def test_a_copy_into_a_directory_with_a_default_acl_keeps_its_sources_permissions(base):
+    """A new entry inherits its directory's default ACL; the copy of a source without ACLs must not."""
+    os.makedirs(os.path.join(base, "home"))
+    os.setxattr(os.path.join(base, "home"), "system.posix_acl_default", EXTENDED_ACL)
+    with open(os.path.join(base, "plain"), "w", encoding="utf-8") as handle:
+        handle.write("no ACL")
+    os.chmod(os.path.join(base, "plain"), 0o640)
+    src_fd, home_fd = open_dir(base), open_dir(os.path.join(base, "home"))
+    try:
+        _fs.Copier().copy(src_fd, "plain", home_fd, "restored")
+    finally:
+        os.close(src_fd)
+        os.close(home_fd)
+    restored = os.path.join(base, "home", "restored")
+    assert xattrs_of(restored) == {}
+    assert stat.S_IMODE(os.lstat(restored).st_mode) == 0o640
