@@ -230,10 +230,10 @@ def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
     try:
         b_fd = os.open(b_name, READ_FLAGS, dir_fd=b_dir)
         try:
-            size = os.fstat(a_fd).st_size
-            if os.fstat(b_fd).st_size != size:
+            a_st, b_st = os.fstat(a_fd), os.fstat(b_fd)  # what was opened, which may have changed since
+            if a_st.st_size != b_st.st_size:
                 return False
-            for start, end in _union(data_extents(a_fd, size), data_extents(b_fd, size)):
+            for start, end in _union(data_extents(a_fd, a_st), data_extents(b_fd, b_st)):
                 for offset in range(start, end, COMPARE_CHUNK):
                     length = min(COMPARE_CHUNK, end - offset)
                     if os.pread(a_fd, length, offset) != os.pread(b_fd, length, offset):
@@ -245,13 +245,14 @@ def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
         os.close(a_fd)
 
 
-def data_extents(fd: int, size: int) -> t.List[t.Tuple[int, int]]:
-    """The (start, end) ranges of an open file's first ``size`` bytes that hold data, not holes.
+def data_extents(fd: int, st: os.stat_result) -> t.List[t.Tuple[int, int]]:
+    """The (start, end) ranges of an open file that hold data, not holes, up to its size in ``st``
+    (its status, taken by the caller).
 
     A file with as many blocks as bytes has no hole: it is one range, without a lseek.  A filesystem
     that cannot tell (EINVAL) is taken as all data.
     """
-    st = os.fstat(fd)
+    size = st.st_size
     if st.st_blocks * 512 >= size:
         return [(0, size)] if size else []
     extents: t.List[t.Tuple[int, int]] = []
@@ -424,15 +425,16 @@ class DirChain:
         self._fds = [None]
 
 
-def walk(chain: DirChain) -> t.Iterator[t.Tuple[str, str, bool]]:
+def walk(chain: DirChain, skip: t.Container[str] = ()) -> t.Iterator[t.Tuple[str, str, bool]]:
     """Depth first below the chain's current directory, in name order, without recursion.
 
     Yields ``(name, kind, False)`` for each entry, with ``chain.fd`` its directory; ``kind`` comes
     from the directory listing (see kind_of).  A consumer that wants a directory's entries calls
     ``chain.enter(name)`` before asking for the next item; once they are all done, the walk leaves
-    that directory and yields ``(name, "directory", True)`` from its parent.
+    that directory and yields ``(name, "directory", True)`` from its parent.  Entries of the
+    kinds in ``skip`` are passed over.
     """
-    listings = [iter(_listing(chain.fd))]
+    listings = [iter(_listing(chain.fd, skip))]
     while listings:
         item = next(listings[-1], None)
         if item is None:
@@ -443,14 +445,15 @@ def walk(chain: DirChain) -> t.Iterator[t.Tuple[str, str, bool]]:
         depth = chain.depth
         yield item[0], item[1], False
         if chain.depth > depth:
-            listings.append(iter(_listing(chain.fd)))
+            listings.append(iter(_listing(chain.fd, skip)))
 
 
-def _listing(fd: int) -> t.List[t.Tuple[str, str]]:
-    """The names in an open directory with their kinds, sorted; the entries' types (d_type) spare
-    an lstat per entry, and a type the filesystem does not report is lstat'ed at once."""
+def _listing(fd: int, skip: t.Container[str]) -> t.List[t.Tuple[str, str]]:
+    """The names in an open directory with their kinds, sorted, but for the kinds in ``skip``; the
+    entries' types (d_type) spare an lstat per entry, and a type the filesystem does not report is
+    lstat'ed at once."""
     with os.scandir(fd) as entries:
-        return sorted((entry.name, _entry_kind(entry)) for entry in entries)
+        return sorted(item for item in ((entry.name, _entry_kind(entry)) for entry in entries) if item[1] not in skip)
 
 
 def _entry_kind(entry: "os.DirEntry[str]") -> str:
@@ -607,7 +610,7 @@ class Copier:
                 raise AgentStateLinkError(f"{src_name}: replaced while being copied; rerun")
             dst = os.open(parts[-1], CREATE_FLAGS, 0o600, dir_fd=dst_dir)
             try:
-                complete = _copy_data(src, dst, before.st_size)
+                complete = _copy_data(src, dst, before)
                 after = os.fstat(src)
                 if identity(after) != identity(before) or not complete or os.fstat(dst).st_size != before.st_size:
                     raise AgentStateLinkError(f"{src_name}: changed while being copied; nothing was removed, rerun")
@@ -720,7 +723,7 @@ def find_unmovable(dir_fd: int, name: str) -> t.Optional[str]:
     if kind != "directory":
         return None
     with DirChain.at(dir_fd, name) as chain:
-        for child, child_kind, done in walk(chain):
+        for child, child_kind, done in walk(chain, skip=("file", "link")):  # the bulk of a tree, passed over
             if child_kind == "other":
                 return "/".join((name, *chain.parts, child))
             if child_kind == "directory" and not done:
@@ -734,13 +737,13 @@ def list_dir(fd: int) -> t.List[str]:
         return [entry.name for entry in entries]
 
 
-def _copy_data(src: int, dst: int, size: int) -> bool:
-    """Copy the first ``size`` bytes of a file into a new empty one, leaving its holes holes.
+def _copy_data(src: int, dst: int, st: os.stat_result) -> bool:
+    """Copy a file (``st``: its status) into a new empty one, leaving its holes holes.
 
     Returns False when the source ended early (it shrank meanwhile).
     """
-    position = 0
-    for start, end in data_extents(src, size):
+    position, size = 0, st.st_size
+    for start, end in data_extents(src, st):
         if start != position:
             os.lseek(dst, start, os.SEEK_SET)
         if not _copy_range(src, dst, start, end):

@@ -162,7 +162,7 @@ def test_data_extents_of_a_dense_and_a_sparse_file(base):
     for name, expected in (("dense", [(0, 10000)]), ("sparse", [(8 << 20, (8 << 20) + 4096)])):
         fd = os.open(os.path.join(base, name), os.O_RDONLY)
         try:
-            assert _fs.data_extents(fd, os.fstat(fd).st_size) == expected
+            assert _fs.data_extents(fd, os.fstat(fd)) == expected
         finally:
             os.close(fd)
 
