@@ -99,15 +99,25 @@ def remove_deep(path: str) -> None:
 
 @contextlib.contextmanager
 def descriptor_limit(spare: int) -> t.Iterator[None]:
-    """Allow only ``spare`` descriptors beyond the highest one open now: code holding a descriptor
-    per level of a deep tree fails with EMFILE."""
+    """Allow only ``spare`` descriptors more than are open now: code holding a descriptor per
+    level of a deep tree fails with EMFILE.  The limit bounds descriptor numbers, so the free
+    numbers below the highest one in use are taken up first."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    fillers: t.List[int] = []
+    while True:
+        filler = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if filler > highest:
+            os.close(filler)
+            break
+        fillers.append(filler)
     resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1 + spare, hard))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        for filler in fillers:
+            os.close(filler)
 
 
 def make_sparse(path: str, size: int, data: t.Mapping[int, bytes]) -> None:
