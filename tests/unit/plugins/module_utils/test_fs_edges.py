@@ -5,10 +5,12 @@ dropped (and said so) when a copy changes owner, and the removal rule for all of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
 import tempfile
+import typing as t
 
 import pytest
 
@@ -35,46 +37,41 @@ def base(tmp_path):
     remove_deep(path)
 
 
-def open_dir(path: str) -> int:
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@contextlib.contextmanager
+def opened(path: str) -> t.Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def test_ten_thousand_levels_are_copied_compared_and_removed_within_a_few_descriptors(base):
     make_chain(base, "tree")
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         with descriptor_limit(SPARE_DESCRIPTORS):
             manifest = _fs.Copier().copy(fd, "tree", fd, "copy")
             assert _fs.find_unmovable(fd, "tree") is None
-            tree_fd, copy_fd = open_dir(os.path.join(base, "tree")), open_dir(os.path.join(base, "copy"))
-            try:
+            with opened(os.path.join(base, "tree")) as tree_fd, opened(os.path.join(base, "copy")) as copy_fd:
                 compared = [(entry.parts, entry.dst_kind, _fs.same_content_at(entry.src_dir, entry.name, entry.dst_dir, entry.name))
                             for entry in _fs.walk_merge(tree_fd, copy_fd)]
-            finally:
-                os.close(tree_fd)
-                os.close(copy_fd)
             assert compared == [((LEVEL,) * (DEPTH - 1) + (LEAF,), "file", True)], "only the leaf differs from a directory pair"
             assert read_chain(base, "copy") == (DEPTH, {DEPTH: {LEAF: b"bottom"}})
 
             assert _fs.remove_copied(fd, "tree", manifest)
             _fs.remove_tree_at(fd, "copy")
-    finally:
-        os.close(fd)
     assert os.listdir(base) == []
 
 
 def test_deep_removal_keeps_what_was_written_after_the_copy(base):
     """Removal takes only what the copy recorded: a file written half-way down stays, with its parents."""
     make_chain(base, "tree")
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         with descriptor_limit(SPARE_DESCRIPTORS):
             manifest = _fs.Copier().copy(fd, "tree", fd, "copy")
             with at_level(base, "tree", DEPTH // 2) as middle:
                 write_at(middle, "late.jsonl", b"written after the copy")
             assert not _fs.remove_copied(fd, "tree", manifest)
-    finally:
-        os.close(fd)
     assert read_chain(base, "tree") == (DEPTH // 2, {DEPTH // 2: {"late.jsonl": b"written after the copy"}})
 
 
@@ -83,15 +80,12 @@ def test_a_fifo_deep_down_is_found_and_emptied_chains_are_removed(base):
     with at_level(base, "tree", DEPTH) as bottom:
         os.mkfifo("pipe", dir_fd=bottom)
     make_chain(base, "emptied", leaf=None)
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         with descriptor_limit(SPARE_DESCRIPTORS):
             assert _fs.find_unmovable(fd, "tree") == "/".join(("tree",) + (LEVEL,) * (DEPTH - 1) + ("pipe",))
             _fs.remove_emptied_dirs(fd, "emptied", "/home/agor/.claude")
             with pytest.raises(AgentStateLinkError, match=r"^/home/agor/\.claude/d/d/.*/d/pipe: appeared during migration"):
                 _fs.remove_emptied_dirs(fd, "tree", "/home/agor/.claude")
-    finally:
-        os.close(fd)
     assert sorted(os.listdir(base)) == ["tree"]
     assert read_chain(base, "tree")[0] == DEPTH, "nothing of a tree holding a file is removed"
 
@@ -100,7 +94,7 @@ def test_a_walk_stops_when_a_directory_it_came_through_was_moved(base):
     """Going back up past the descriptors it closed, a walk reopens `..` and checks it is the same directory."""
     depth = 3 * _fs.MAX_OPEN_DIRS
     make_chain(base, "tree", depth=depth)
-    with _fs.DirChain.at(open_dir(base), "tree") as chain:
+    with opened(base) as fd, _fs.DirChain.at(fd, "tree") as chain:
         for _level in range(depth - 1):
             chain.enter(LEVEL)
         moved = os.path.join(base, "tree", *[LEVEL] * 4)
@@ -116,12 +110,9 @@ def test_a_walk_stops_when_a_directory_it_came_through_was_moved(base):
 def test_sparse_copy_keeps_its_holes(base):
     source = os.path.join(base, "sparse")
     make_sparse(source, GiB, {0: b"head", GiB // 2: b"m" * 4096})  # a hole at the end too
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         manifest = _fs.Copier().copy(fd, "sparse", fd, "copy")
         assert _fs.same_content_at(fd, "sparse", fd, "copy")
-    finally:
-        os.close(fd)
     copy = os.path.join(base, "copy")
     assert os.path.getsize(copy) == GiB
     assert allocated(copy) <= allocated(source) + 64 * 1024, "the holes must stay holes"
@@ -129,11 +120,8 @@ def test_sparse_copy_keeps_its_holes(base):
         assert handle.read(4) == b"head"
         handle.seek(GiB // 2 - 1)
         assert handle.read(4098) == b"\0" + b"m" * 4096 + b"\0"
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         assert _fs.remove_copied(fd, "sparse", manifest)
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("other, same", [
@@ -147,12 +135,9 @@ def test_identical_content_reads_data_not_holes(base, other, same):
     """Two 20 GiB sparse files compare by the ranges that hold data in either (holes read as zeros)."""
     make_sparse(os.path.join(base, "a"), 20 * GiB, {GiB: b"data"})
     make_sparse(os.path.join(base, "b"), 20 * GiB, other)
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         assert _fs.same_content_at(fd, "a", fd, "b") is same
         assert _fs.same_content_at(fd, "b", fd, "a") is same
-    finally:
-        os.close(fd)
 
 
 def test_data_extents_of_a_dense_and_a_sparse_file(base):
@@ -186,12 +171,9 @@ def test_copies_keep_user_xattrs_acls_and_hard_links(base):
     os.setxattr(os.path.join(src, "sub"), "system.posix_acl_access", EXTENDED_ACL)
     os.setxattr(os.path.join(src, "sub"), "system.posix_acl_default", EXTENDED_ACL)
     os.chmod(os.path.join(src, "sub"), 0o2750)  # setgid on a directory is no privilege: kept
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         copier = _fs.Copier()
         manifest = copier.copy(fd, "src", fd, "copy")
-    finally:
-        os.close(fd)
     copy = os.path.join(base, "copy")
     for rel in ("a", "sub", "sub/b", "sub/a-again", "from-outside", ""):
         assert xattrs_of(os.path.join(copy, rel)) == xattrs_of(os.path.join(src, rel)), rel
@@ -202,11 +184,8 @@ def test_copies_keep_user_xattrs_acls_and_hard_links(base):
     assert os.lstat(os.path.join(copy, "from-outside")).st_nlink == 1, "a name outside the tree is not linked to"
     assert copier.notes == []
 
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         assert _fs.remove_copied(fd, "src", manifest), "hard-linked names are removed like any copied file"
-    finally:
-        os.close(fd)
     assert sorted(os.listdir(base)) == ["copy", "outside"]
 
 
@@ -216,14 +195,11 @@ def test_a_hard_linked_file_changed_after_the_copy_keeps_both_names(base):
     with open(os.path.join(src, "a"), "w", encoding="utf-8") as handle:
         handle.write("A")
     os.link(os.path.join(src, "a"), os.path.join(src, "b"))
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         manifest = _fs.Copier().copy(fd, "src", fd, "copy")
         with open(os.path.join(src, "b"), "a", encoding="utf-8") as handle:
             handle.write(" and more")
         assert not _fs.remove_copied(fd, "src", manifest)
-    finally:
-        os.close(fd)
     assert sorted(os.listdir(src)) == ["a", "b"]
 
 
@@ -236,14 +212,10 @@ def test_hard_links_across_the_copies_of_one_copier(base):
     with open(os.path.join(src, "one", "f"), "w", encoding="utf-8") as handle:
         handle.write("F")
     os.link(os.path.join(src, "one", "f"), os.path.join(src, "two", "f"))
-    src_fd, staging_fd = open_dir(src), open_dir(os.path.join(base, "staging"))
-    try:
+    with opened(src) as src_fd, opened(os.path.join(base, "staging")) as staging_fd:
         copier = _fs.Copier()
         copier.copy(src_fd, "one", staging_fd, "1")
         copier.copy(src_fd, "two", staging_fd, "2")
-    finally:
-        os.close(src_fd)
-        os.close(staging_fd)
     staging = os.path.join(base, "staging")
     assert os.lstat(os.path.join(staging, "1", "f")).st_ino == os.lstat(os.path.join(staging, "2", "f")).st_ino
 
@@ -268,12 +240,9 @@ def test_set_id_bits_and_capabilities_only_with_the_same_owner(base, as_root, ow
         os.chmod(os.path.join(src, name), mode)
     setcap(os.path.join(src, "capable"))
     capability = os.getxattr(os.path.join(src, "capable"), "security.capability")
-    fd = open_dir(base)
-    try:
+    with opened(base) as fd:
         copier = _fs.Copier(owner=owner)
         copier.copy(fd, "tools", fd, "copy", source_path="/opt/seed/tools")
-    finally:
-        os.close(fd)
     copy = os.path.join(base, "copy")
     modes = {name: stat.S_IMODE(os.lstat(os.path.join(copy, name)).st_mode) for name in os.listdir(copy)}
     if owner is None:
@@ -299,12 +268,8 @@ def test_a_copy_into_a_directory_with_a_default_acl_keeps_its_sources_permission
     with open(os.path.join(base, "plain"), "w", encoding="utf-8") as handle:
         handle.write("no ACL")
     os.chmod(os.path.join(base, "plain"), 0o640)
-    src_fd, home_fd = open_dir(base), open_dir(os.path.join(base, "home"))
-    try:
+    with opened(base) as src_fd, opened(os.path.join(base, "home")) as home_fd:
         _fs.Copier().copy(src_fd, "plain", home_fd, "restored")
-    finally:
-        os.close(src_fd)
-        os.close(home_fd)
     restored = os.path.join(base, "home", "restored")
     assert xattrs_of(restored) == {}
     assert stat.S_IMODE(os.lstat(restored).st_mode) == 0o640
