@@ -6,7 +6,9 @@ that changes owner loses its set-id bits with a warning; and mount points are to
 
 from __future__ import annotations
 
+import collections
 import os
+import signal
 import stat
 import subprocess
 import time
@@ -15,6 +17,9 @@ import pytest
 
 from agent_tree import CLAUDE, Tree, outline, run_engine
 from edge_trees import DEPTH, EXTENDED_ACL, LEAF, allocated, at_level, make_chain, make_sparse, read_chain, write_at
+from fault_injection import run_with_faults
+from guarantees import assert_converged, assert_nothing_lost, end_state
+from mounts import ImageSandbox
 
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
 
@@ -232,3 +237,55 @@ def test_attributes_the_volume_cannot_hold_are_reported(reachable_base, mounts):
         assert handle.read() == "{}\n"
     assert result["warnings"] == [
         f"{tree('home:.claude/session.jsonl')}: extended attribute user.agent not kept by its copy (Operation not supported)"]
+
+
+def grow_edge_cases(layer: Tree) -> None:
+    """An image layer holding a hard-linked pair, a sparse file and extended attributes."""
+    claude = layer("home:.claude")
+    os.makedirs(os.path.join(claude, "projects"))
+    os.makedirs(os.path.join(claude, "shared"))
+    with open(os.path.join(claude, "projects", "session.jsonl"), "w", encoding="utf-8") as handle:
+        handle.write('{"turn": 1}\n')
+    os.link(os.path.join(claude, "projects", "session.jsonl"), os.path.join(claude, "shared", "session.jsonl"))
+    os.setxattr(os.path.join(claude, "projects", "session.jsonl"), "user.agent", b"claude")
+    make_sparse(os.path.join(claude, "cache.img"), 64 * MiB, {32 * MiB: b"c" * 4096})
+
+
+@pytest.mark.slow
+def test_sigkill_before_every_call_of_an_edge_case_copy(tmp_path, mounts, figures):
+    """Killed before each filesystem call of a migration that links, punches holes and copies
+    attributes, nothing is lost, and the rerun ends where an uninterrupted run does."""
+    sandbox = ImageSandbox(str(tmp_path), mounts, grow=grow_edge_cases)
+    tree = sandbox.tree
+    params = tree.params(CLAUDE, **OWNER)
+    manifest = tree.manifest()
+    code, calls = run_with_faults(params)
+    assert code == 0
+    reference = end_state(tree)
+    assert assert_edge_cases_kept(tree, "uninterrupted"), "an uninterrupted run keeps the hard link"
+    split = []
+
+    for call in range(1, len(calls) + 1):
+        tree = sandbox.reset()
+        code, _calls = run_with_faults(params, kill_before=call)
+        when = f"killed before call {call}/{len(calls)} ({calls[call - 1]})"
+        assert code == -signal.SIGKILL, f"{when}: exit code {code}"
+        assert_nothing_lost(tree, manifest, when)
+        assert run_as_predicted(params)["changed"] or call == len(calls), when
+        assert_converged(tree, params, manifest)
+        assert end_state(tree) == reference, f"{when}: the rerun's end state differs from an uninterrupted run's"
+        # Killed between the renames into place, the names moved before and after the kill were
+        # copied by two runs: their content is kept, each once, but no longer as one file.
+        if not assert_edge_cases_kept(tree, when):
+            assert calls[call - 1] == "rename", f"{when}: the hard link became two files"
+            split.append(call)
+    figures(kill_points=len(calls), calls=dict(collections.Counter(calls)), hard_link_split_at=split)
+
+
+def assert_edge_cases_kept(tree: Tree, when: str) -> bool:
+    """The attributes and holes are kept; returns whether the hard-linked pair is still one file."""
+    target = tree("vol:.claude")
+    assert os.getxattr(os.path.join(target, "projects", "session.jsonl"), "user.agent") == b"claude", when
+    assert allocated(os.path.join(target, "cache.img")) <= 64 * 1024, f"{when}: the sparse file was filled"
+    first, second = (os.lstat(os.path.join(target, rel, "session.jsonl")) for rel in ("projects", "shared"))
+    return first.st_ino == second.st_ino
