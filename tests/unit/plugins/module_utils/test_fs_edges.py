@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -224,6 +225,8 @@ def test_hard_links_across_the_copies_of_one_copier(base):
 def as_root():
     if os.geteuid() != 0:
         pytest.skip("needs root: copies owned by another user, file capabilities")
+    if shutil.which("setcap") is None:
+        pytest.skip("needs setcap (libcap2-bin) to give a file capabilities")
 
 
 def setcap(path: str) -> None:
