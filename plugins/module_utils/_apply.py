@@ -190,9 +190,11 @@ class Executor:
                 os.unlink(src_name, dir_fd=src_fd)
 
     def _seed(self, step: P.Step, link_plan: P.LinkPlan) -> None:
+        copier = _fs.Copier(owner=(os.geteuid(), os.getegid()))
         with self._parent_of(step.path, link_plan.link) as (src_fd, src_name):
             name = self._stage_name()
-            _fs.Copier(owner=(os.geteuid(), os.getegid())).copy(src_fd, src_name, self._staging(), name)
+            copier.copy(src_fd, src_name, self._staging(), name, source_path=step.path)
+        self.warnings.extend(copier.notes)
         _fs.sync_filesystem(self._staging())
         self._rename_into_place(name, step.dest, link_plan.link)
 
@@ -212,7 +214,7 @@ class Executor:
                 return  # swapped in already, with the state file it replaces (see _move_state_file)
             st = _fs.lstat_at(parent_fd, name)
             if st is not None and stat.S_ISDIR(st.st_mode):
-                remove_emptied_dirs(parent_fd, name, step.path)
+                _fs.remove_emptied_dirs(parent_fd, name, step.path)
             _fs.replace_with_symlink(parent_fd, name, step.dest)
 
     # -- state=absent -------------------------------------------------------------------------
@@ -220,14 +222,16 @@ class Executor:
     def _clear_restore(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         """An interrupted rollback's copy of the target (the volume holds the original)."""
         with self._parent_of(step.path, link_plan.link) as (parent_fd, name):
-            B.remove_tree_at(parent_fd, name)
+            _fs.remove_tree_at(parent_fd, name)
 
     def _restore(self, step: P.Step, link_plan: P.LinkPlan) -> None:
         """Put a copy of the target back at the path; the volume keeps its copy."""
 
         def copy_target(parent_fd: int, tmp: str) -> None:
+            copier = _fs.Copier()
             with self._parent_of(step.dest, link_plan.link) as (src_fd, src_name):
-                _fs.Copier().copy(src_fd, src_name, parent_fd, tmp)
+                copier.copy(src_fd, src_name, parent_fd, tmp, source_path=step.dest)
+            self.warnings.extend(copier.notes)
             _fs.sync_filesystem(parent_fd)
 
         self._replace_link_with(step, link_plan.link, copy_target)
@@ -244,7 +248,7 @@ class Executor:
         meanwhile) is kept and the copy is discarded."""
         with self._parent_of(step.path, link) as (parent_fd, name):
             tmp = P.restore_name(name)
-            B.remove_tree_at(parent_fd, tmp)
+            _fs.remove_tree_at(parent_fd, tmp)
             fill(parent_fd, tmp)
             try:
                 if not self._is_planned_link(parent_fd, name, step):
@@ -259,7 +263,7 @@ class Executor:
                     _fs.swap_at(parent_fd, tmp, name)  # saved between the check and the swap: put it back
                     raise AgentStateLinkError(f"{step.path}: a program saved it while the run restored it; kept the save, rerun")
             finally:
-                B.remove_tree_at(parent_fd, tmp)
+                _fs.remove_tree_at(parent_fd, tmp)
 
     @staticmethod
     def _is_planned_link(parent_fd: int, name: str, step: P.Step) -> bool:
@@ -277,7 +281,7 @@ class Executor:
 
     def _move_all(self, steps: t.Sequence[P.Step], link: LinkSpec) -> None:
         """Move entries to their destinations: rename where possible, else a durable copy."""
-        staged: t.List[t.Tuple[str, P.Step, t.Dict[str, _fs.Identity]]] = []
+        staged: t.List[t.Tuple[str, P.Step, _fs.Manifest]] = []
         copier = _fs.Copier()
         for step in steps:
             with self._parent_of(step.path, link) as (src_fd, src_name):
@@ -293,7 +297,8 @@ class Executor:
                 if step.path == link.path and link.kind == "file" and self._move_state_file(step, link, src_fd, src_name):
                     continue
                 name = self._stage_name()
-                staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name)))
+                staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name, source_path=step.path)))
+        self.warnings.extend(copier.notes)
         if not staged:
             return
         _fs.sync_filesystem(self._staging())  # every copy durable before it becomes visible
@@ -321,7 +326,9 @@ class Executor:
             if leased is None:
                 return False
             name = self._stage_name()
-            manifest = _fs.Copier().copy(src_fd, src_name, self._staging(), name)
+            copier = _fs.Copier()
+            manifest = copier.copy(src_fd, src_name, self._staging(), name, source_path=step.path)
+            self.warnings.extend(copier.notes)
             _fs.sync_filesystem(self._staging())
             self._rename_into_place(name, step.dest, link)
             _fs.sync_filesystem(self._staging())
@@ -332,7 +339,7 @@ class Executor:
                 os.unlink(tmp, dir_fd=src_fd)
                 self._retract(step, link, "cannot be swapped atomically here")
             old = _fs.lstat_at(src_fd, tmp)
-            if _fs.lease_broken(leased) or old is None or _fs.identity(old) != manifest[""]:
+            if _fs.lease_broken(leased) or old is None or _fs.identity(old) != manifest.identity:
                 _fs.exchange_at(src_fd, tmp, src_name)  # the file back at its path, as the writer expects
                 os.unlink(tmp, dir_fd=src_fd)
                 self._retract(step, link, "written to while it was being moved")
@@ -347,7 +354,7 @@ class Executor:
             if st is not None and stat.S_ISREG(st.st_mode):
                 aside = self._stage_name()
                 os.rename(dst_name, aside, src_dir_fd=dst_fd, dst_dir_fd=self._staging())
-                B.remove_tree_at(self._staging(), aside)
+                _fs.remove_tree_at(self._staging(), aside)
         raise AgentStateLinkError(f"{step.path}: {why} to {step.dest}; nothing was replaced or lost, rerun")
 
     def _rename_into_place(self, staged_name: str, dest: str, link: LinkSpec) -> None:
@@ -356,37 +363,3 @@ class Executor:
                 _fs.rename_noreplace_at(self._staging(), staged_name, dst_fd, dst_name)
             except FileExistsError:
                 raise AgentStateLinkError(f"{dest}: appeared while it was being filled; nothing lost, rerun") from None
-
-
-def remove_emptied_dirs(parent_fd: int, name: str, path: str) -> None:
-    """Remove a home directory whose content has all been moved: rmdir only, so nothing else can go.
-
-    Depth first with an explicit stack (a tree may be deeper than Python's recursion limit)."""
-    stack: t.List[t.Tuple[str, int, t.List[str], str]] = []
-    try:
-        fd = _fs.open_dir_at(parent_fd, name)
-        stack.append((name, fd, _only_subdirectories(fd, path), path))
-        while stack:
-            current, fd, subdirs, current_path = stack[-1]
-            if subdirs:
-                child = subdirs.pop()
-                child_fd = _fs.open_dir_at(fd, child)
-                child_path = f"{current_path}/{child}"
-                stack.append((child, child_fd, [], child_path))
-                stack[-1][2].extend(_only_subdirectories(child_fd, child_path))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(current, dir_fd=stack[-1][1] if stack else parent_fd)
-    finally:
-        for _current, fd, _subdirs, _path in stack:
-            os.close(fd)
-
-
-def _only_subdirectories(fd: int, path: str) -> t.List[str]:
-    with os.scandir(fd) as entries:
-        children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-    for child, is_dir in children:
-        if not is_dir:
-            raise AgentStateLinkError(f"{path}/{child}: appeared during migration; nothing lost, rerun")
-    return [child for child, _is_dir in children]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import time
 import typing as t
 
@@ -91,50 +90,9 @@ def clear_staging(meta_fd: int) -> None:
     staging_fd = _fs.open_dir_at(meta_fd, STAGING_DIR_NAME)
     try:
         for name in _fs.list_dir(staging_fd):
-            remove_tree_at(staging_fd, name)
+            _fs.remove_tree_at(staging_fd, name)
     finally:
         os.close(staging_fd)
-
-
-def remove_tree_at(dir_fd: int, name: str) -> None:
-    """Remove a tree of our own copies (staging, an interrupted restore) without following links,
-    depth first with an explicit stack (trees may be deeper than Python's recursion limit)."""
-    st = _fs.lstat_at(dir_fd, name)
-    if st is None:
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dir_fd)
-        return
-    # Each frame: a directory's name, its fd and its subdirectories still to empty; its parent is the
-    # frame below.  Only the chain being emptied is open: one descriptor per level.
-    stack: t.List[t.Tuple[str, int, t.List[str]]] = []
-    try:
-        fd = _fs.open_dir_at(dir_fd, name)
-        stack.append((name, fd, _unlink_all_but_dirs(fd)))
-        while stack:
-            current, fd, subdirs = stack[-1]
-            if subdirs:
-                child = subdirs.pop()
-                child_fd = _fs.open_dir_at(fd, child)
-                stack.append((child, child_fd, []))
-                stack[-1][2].extend(_unlink_all_but_dirs(child_fd))
-                continue
-            stack.pop()
-            os.close(fd)
-            os.rmdir(current, dir_fd=stack[-1][1] if stack else dir_fd)
-    finally:
-        for _current, fd, _subdirs in stack:
-            os.close(fd)
-
-
-def _unlink_all_but_dirs(fd: int) -> t.List[str]:
-    """Unlink every entry of an open directory but its subdirectories; return their names."""
-    with os.scandir(fd) as entries:
-        children = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-    for child, is_dir in children:
-        if not is_dir:
-            os.unlink(child, dir_fd=fd)
-    return [child for child, is_dir in children if is_dir]
 
 
 def read_pending_backup(meta_fd: t.Optional[int]) -> t.Optional[str]:

@@ -28,6 +28,17 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 COPY_CHUNK = 8 * 1024 * 1024
+COMPARE_CHUNK = 1024 * 1024
+# Descriptors one walk keeps open at most (see DirChain), however deep the tree.
+MAX_OPEN_DIRS = 16
+
+# Extended attributes a copy keeps, as cp -a does: the user's own, POSIX ACLs, and file
+# capabilities while the owner stays the same (see Copier).
+USER_XATTR_PREFIX = "user."
+ACL_ACCESS_XATTR = "system.posix_acl_access"
+ACL_DEFAULT_XATTR = "system.posix_acl_default"
+CAPABILITY_XATTR = "security.capability"
+COPIED_XATTRS = (ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR, CAPABILITY_XATTR)
 
 # (st_dev, st_ino, st_size, st_mtime_ns): what a removal checks has not changed since it was copied.
 Identity = t.Tuple[int, int, int, int]
@@ -96,29 +107,6 @@ def open_anchor(path: str) -> t.Optional[int]:
     except BaseException:
         os.close(fd)
         raise
-
-
-def is_mount_point_at(dir_fd: int, name: str) -> bool:
-    """Whether the entry ``name`` is a mount point (a bind mount on the same filesystem included)."""
-    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        inner, outer = _mount_id(fd), _mount_id(dir_fd)
-        if inner is None or outer is None:  # no /proc: a different device is all that can be told
-            return os.fstat(fd).st_dev != os.fstat(dir_fd).st_dev
-        return inner != outer
-    finally:
-        os.close(fd)
-
-
-def _mount_id(fd: int) -> t.Optional[int]:
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
-            for line in info:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
 def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
@@ -234,7 +222,11 @@ def chown_at(dir_fd: int, name: str, uid: int, gid: int) -> None:
 
 
 def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
-    """Compare two regular files or two symlinks byte for byte, without following links."""
+    """Compare two regular files or two symlinks byte for byte, without following links.
+
+    Only the ranges where either file holds data are read: elsewhere both are holes, all zeros,
+    so two sparse files of 20 GiB holding a few KiB compare in microseconds.
+    """
     a_st, b_st = lstat_at(a_dir, a_name), lstat_at(b_dir, b_name)
     if a_st is None or b_st is None or kind_of(a_st) != kind_of(b_st):
         return False
@@ -246,16 +238,61 @@ def same_content_at(a_dir: int, a_name: str, b_dir: int, b_name: str) -> bool:
     try:
         b_fd = os.open(b_name, READ_FLAGS, dir_fd=b_dir)
         try:
-            while True:
-                a_chunk = os.read(a_fd, 1024 * 1024)
-                if a_chunk != os.read(b_fd, 1024 * 1024):
-                    return False
-                if not a_chunk:
-                    return True
+            a_st, b_st = os.fstat(a_fd), os.fstat(b_fd)  # what was opened, which may have changed since
+            if a_st.st_size != b_st.st_size:
+                return False
+            for start, end in _union(data_extents(a_fd, a_st), data_extents(b_fd, b_st)):
+                for offset in range(start, end, COMPARE_CHUNK):
+                    length = min(COMPARE_CHUNK, end - offset)
+                    if os.pread(a_fd, length, offset) != os.pread(b_fd, length, offset):
+                        return False
+            return True
         finally:
             os.close(b_fd)
     finally:
         os.close(a_fd)
+
+
+def data_extents(fd: int, st: os.stat_result) -> t.List[t.Tuple[int, int]]:
+    """The (start, end) ranges of an open file that hold data, not holes, up to its size in ``st``
+    (its status, taken by the caller).
+
+    A file with as many blocks as bytes has no hole: it is one range, without a lseek.  A filesystem
+    that cannot tell (EINVAL) is taken as all data.
+    """
+    size = st.st_size
+    if st.st_blocks * 512 >= size:
+        return [(0, size)] if size else []
+    extents: t.List[t.Tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no data after offset
+                    raise
+                break
+            if start >= size:
+                break
+            offset = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            extents.append((start, offset))
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        return [(0, size)] if size else []
+    return extents
+
+
+def _union(a: t.Sequence[t.Tuple[int, int]], b: t.Sequence[t.Tuple[int, int]]) -> t.List[t.Tuple[int, int]]:
+    """The ranges covered by either of two sorted lists of ranges."""
+    merged: t.List[t.Tuple[int, int]] = []
+    for start, end in sorted([*a, *b]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def is_empty_dir(fd: int) -> bool:
@@ -263,87 +300,427 @@ def is_empty_dir(fd: int) -> bool:
         return next(entries, None) is None
 
 
+def is_mount_point_at(dir_fd: int, name: str) -> bool:
+    """Whether the entry ``name`` of an open directory is where a filesystem (or a bind mount of
+    a part of one, even of the same filesystem) is mounted.
+
+    The mount IDs of the entry and of its directory are compared (/proc/self/fdinfo); without
+    /proc, a directory whose device differs from its parent's is one.  The device alone would
+    miss bind mounts within a filesystem, and overlayfs reports files of a lower layer with that
+    layer's device although they are no mount point.
+    """
+    st = lstat_at(dir_fd, name)
+    if st is None or stat.S_ISLNK(st.st_mode):
+        return False  # mount(2) follows links: a link is never itself mounted on
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        entry_mount, parent_mount = _mount_id(fd), _mount_id(dir_fd)
+        entry_dev = os.fstat(fd).st_dev
+    finally:
+        os.close(fd)
+    if entry_mount is not None and parent_mount is not None:
+        return entry_mount != parent_mount
+    return stat.S_ISDIR(st.st_mode) and entry_dev != os.fstat(dir_fd).st_dev
+
+
+def _mount_id(fd: int) -> t.Optional[int]:
+    """The ID of the mount an open descriptor is on, from /proc (None where /proc is not mounted)."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("mnt_id:"):
+                    return int(line.split(":", 1)[1])
+    except FileNotFoundError:
+        pass
+    return None
+
+
+class DirChain:
+    """A walk's current directory and the ones it came down through, at most MAX_OPEN_DIRS open.
+
+    A tree 10,000 levels deep would need 10,000 descriptors if each level stayed open, and Python
+    recursion stops near 1,000.  Walks here keep their own stack and, once too deep, close the
+    outermost descriptors; going back up reopens the parent as ``..`` of the child, checked to be
+    the very directory (device and inode) that was entered: one moved meanwhile stops the walk.
+    """
+
+    def __init__(self, fd: int) -> None:
+        """Start at the open directory ``fd`` (a duplicate is kept; the caller still owns ``fd``)."""
+        own = os.dup(fd)
+        st = os.fstat(own)
+        self._fds: t.List[t.Optional[int]] = [own]
+        self._ids: t.List[t.Tuple[int, int]] = [(st.st_dev, st.st_ino)]
+        self._names: t.List[str] = []
+        self._parts: t.Optional[t.Tuple[str, ...]] = ()
+        self._first_open = 0
+
+    @classmethod
+    def at(cls, dir_fd: int, name: str) -> "DirChain":
+        fd = open_dir_at(dir_fd, name)
+        try:
+            return cls(fd)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "DirChain":
+        return self
+
+    def __exit__(self, *exc_info: t.Any) -> None:
+        self.close()
+
+    @property
+    def fd(self) -> int:
+        """The current directory (always open)."""
+        return t.cast(int, self._fds[-1])
+
+    @property
+    def identity(self) -> t.Tuple[int, int]:
+        """The current directory's device and inode."""
+        return self._ids[-1]
+
+    @property
+    def depth(self) -> int:
+        return len(self._names)
+
+    @property
+    def parts(self) -> t.Tuple[str, ...]:
+        """The names entered from the start down to the current directory."""
+        if self._parts is None:
+            self._parts = tuple(self._names)
+        return self._parts
+
+    def enter(self, name: str, expect: t.Optional[t.Tuple[int, int]] = None) -> bool:
+        """Go down into the child directory ``name`` (never through a link).  With ``expect``, only
+        into that directory (device, inode): False, staying where it is, when another one is there."""
+        fd = open_dir_at(self.fd, name)
+        st = os.fstat(fd)
+        if expect is not None and (st.st_dev, st.st_ino) != expect:
+            os.close(fd)
+            return False
+        self._fds.append(fd)
+        self._ids.append((st.st_dev, st.st_ino))
+        self._names.append(name)
+        self._parts = None
+        if len(self._fds) - self._first_open > MAX_OPEN_DIRS:
+            os.close(t.cast(int, self._fds[self._first_open]))
+            self._fds[self._first_open] = None
+            self._first_open += 1
+        return True
+
+    def leave(self) -> str:
+        """Go back up to the parent; return the name of the directory left."""
+        child = t.cast(int, self._fds.pop())
+        self._ids.pop()
+        name = self._names.pop()
+        self._parts = None
+        try:
+            if self._fds[-1] is None:
+                parent = os.open("..", DIR_FLAGS, dir_fd=child)
+                st = os.fstat(parent)
+                if (st.st_dev, st.st_ino) != self._ids[-1]:
+                    os.close(parent)
+                    raise AgentStateLinkError(f"{name}: its directory was moved while it was walked; nothing lost, rerun")
+                self._fds[-1] = parent
+                self._first_open -= 1
+        finally:
+            os.close(child)
+        return name
+
+    def close(self) -> None:
+        for fd in self._fds:
+            if fd is not None:
+                os.close(fd)
+        self._fds = [None]
+
+
+def walk(chain: DirChain, skip: t.Container[str] = ()) -> t.Iterator[t.Tuple[str, str, bool]]:
+    """Depth first below the chain's current directory, in name order, without recursion.
+
+    Yields ``(name, kind, False)`` for each entry, with ``chain.fd`` its directory; ``kind`` comes
+    from the directory listing (see kind_of).  A consumer that wants a directory's entries calls
+    ``chain.enter(name)`` before asking for the next item; once they are all done, the walk leaves
+    that directory and yields ``(name, "directory", True)`` from its parent.  Entries of the
+    kinds in ``skip`` are passed over.
+    """
+    listings = [iter(_listing(chain.fd, skip))]
+    while listings:
+        item = next(listings[-1], None)
+        if item is None:
+            listings.pop()
+            if listings:
+                yield chain.leave(), "directory", True
+            continue
+        depth = chain.depth
+        yield item[0], item[1], False
+        if chain.depth > depth:
+            listings.append(iter(_listing(chain.fd, skip)))
+
+
+def _listing(fd: int, skip: t.Container[str]) -> t.List[t.Tuple[str, str]]:
+    """The names in an open directory with their kinds, sorted, but for the kinds in ``skip``; the
+    entries' types (d_type) spare an lstat per entry, and a type the filesystem does not report is
+    lstat'ed at once."""
+    with os.scandir(fd) as entries:
+        return sorted(item for item in ((entry.name, _entry_kind(entry)) for entry in entries) if item[1] not in skip)
+
+
+def _entry_kind(entry: "os.DirEntry[str]") -> str:
+    if entry.is_symlink():
+        return "link"
+    if entry.is_dir(follow_symlinks=False):
+        return "directory"
+    if entry.is_file(follow_symlinks=False):
+        return "file"
+    return "other"
+
+
+class MergeEntry(t.NamedTuple):
+    """An entry of a tree being merged into another (see walk_merge)."""
+
+    parts: t.Tuple[str, ...]  # its path below the merged directory, its own name last
+    src_dir: int              # its directory, open
+    dst_dir: t.Optional[int]  # the same-named directory of the other tree, open; None when that is missing
+    dst_kind: str             # what stands under its name there (see kind_of)
+
+    @property
+    def name(self) -> str:
+        return self.parts[-1]
+
+
+def walk_merge(src_fd: int, dst_fd: t.Optional[int]) -> t.Iterator[MergeEntry]:
+    """The entries of the tree ``src_fd`` against the tree ``dst_fd``, depth first in name order.
+
+    Directories that both trees hold are walked into, not yielded; every other entry is, with
+    both of its directories open until the next item is asked for.
+    """
+    with DirChain(src_fd) as src:
+        dst = None if dst_fd is None else DirChain(dst_fd)
+        try:
+            for name, kind, done in walk(src):
+                if dst is not None and done:
+                    dst.leave()
+                    continue
+                dst_kind = "missing" if dst is None else kind_of(lstat_at(dst.fd, name))
+                if dst is not None and kind == dst_kind == "directory":
+                    src.enter(name)
+                    dst.enter(name)
+                    continue
+                yield MergeEntry((*src.parts, name), src.fd, None if dst is None else dst.fd, dst_kind)
+        finally:
+            if dst is not None:
+                dst.close()
+
+
+class Manifest:
+    """What a copy recorded of its source: an entry's identity and, for a directory, its entries'."""
+
+    __slots__ = ("identity", "entries")
+
+    def __init__(self, entry_identity: Identity, is_dir: bool) -> None:
+        self.identity = entry_identity
+        self.entries: t.Optional[t.Dict[str, Manifest]] = {} if is_dir else None
+
+
 class Copier:
     """Copy trees without following links, recording what was copied so that only that is removed.
 
-    Files keep their mode and times; ownership is kept (like ``mv``) unless ``owner`` is given.
+    Like ``cp -a``: files keep their mode, times, holes, ``user.*`` and POSIX ACL extended
+    attributes, and the hard links among the copied entries (also across the copies one Copier
+    makes into the same directory); ownership is kept (like ``mv``) unless ``owner`` is given.
+    A copy given to another owner loses its setuid and setgid bits and its file capabilities
+    (``security.capability``): ``notes`` says so, and what else could not be kept, in sentences
+    for the run's warnings.
     """
 
     def __init__(self, owner: t.Optional[t.Tuple[int, int]] = None) -> None:
         self.owner = owner
-        self.files = 0
-        self.bytes = 0
+        self.notes: t.List[str] = []
+        # (device, inode) of each source file with several names -> its first copy: the directory
+        # copied into (device, inode), the copy's path below it, its inode, the source's identity.
+        self._linked: t.Dict[t.Tuple[int, int], t.Tuple[t.Tuple[int, int], t.Tuple[str, ...], int, Identity]] = {}
+        self._label = ""
+        self._root_fd = -1
+        self._root = (0, 0)
 
-    def copy(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str) -> t.Dict[str, Identity]:
-        """Copy one entry (recursively); return the manifest of the source, keyed by relative path."""
-        manifest: t.Dict[str, Identity] = {}
-        self._copy(src_dir, src_name, dst_dir, dst_name, "", manifest)
+    def copy(
+        self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, source_path: t.Optional[str] = None,
+    ) -> Manifest:
+        """Copy one entry (with its tree); return the manifest of the source.  ``source_path``
+        names the source in notes (default: ``src_name``)."""
+        self._label = source_path or src_name
+        root = os.fstat(dst_dir)
+        self._root_fd, self._root = dst_dir, (root.st_dev, root.st_ino)
+        st = lstat_at(src_dir, src_name)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "vanished while copying", src_name)
+        if not stat.S_ISDIR(st.st_mode):
+            return self._copy_entry(src_dir, src_name, dst_dir, st, (dst_name,))
+        os.mkdir(dst_name, 0o700, dir_fd=dst_dir)
+        manifest = Manifest(identity(st), is_dir=True)
+        with DirChain.at(src_dir, src_name) as src, DirChain.at(dst_dir, dst_name) as dst:
+            if src.identity != (st.st_dev, st.st_ino):
+                raise AgentStateLinkError(f"{self._label}: replaced while being copied; rerun")
+            # Each directory's metadata is set once its entries are in: a default ACL set
+            # earlier would be inherited by them, and their creation would change its times.
+            pending = [(manifest, st, _copied_xattrs(src.fd))]
+            for name, _kind, done in walk(src):
+                if done:
+                    _node, dir_st, xattrs = pending.pop()
+                    self._set_metadata(dst.fd, dir_st, xattrs)
+                    dst.leave()
+                    continue
+                entry_st = lstat_at(src.fd, name)
+                if entry_st is None:
+                    raise FileNotFoundError(errno.ENOENT, "vanished while copying", name)
+                entries = t.cast(t.Dict[str, Manifest], pending[-1][0].entries)
+                if not stat.S_ISDIR(entry_st.st_mode):
+                    entries[name] = self._copy_entry(src.fd, name, dst.fd, entry_st, (dst_name, *dst.parts, name))
+                    continue
+                os.mkdir(name, 0o700, dir_fd=dst.fd)
+                if not src.enter(name, expect=(entry_st.st_dev, entry_st.st_ino)):
+                    raise AgentStateLinkError(f"{self._note_path((dst_name, *src.parts, name))}: replaced while being copied; rerun")
+                dst.enter(name)
+                entries[name] = Manifest(identity(entry_st), is_dir=True)
+                pending.append((entries[name], entry_st, _copied_xattrs(src.fd)))
+            self._set_metadata(dst.fd, st, pending[0][2], top_level=True)
         return manifest
 
     def _ownership(self, st: os.stat_result) -> t.Tuple[int, int]:
         return self.owner if self.owner is not None else (st.st_uid, st.st_gid)
 
-    def _copy(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, rel: str, manifest: t.Dict[str, Identity]) -> None:
-        st = lstat_at(src_dir, src_name)
+    def _note_path(self, parts: t.Sequence[str]) -> str:
+        """The source's path for a note, from the copy's path (whose first part is the copy's own name)."""
+        return "/".join((self._label, *parts[1:]))
+
+    def _copy_entry(self, src_dir: int, src_name: str, dst_dir: int, st: os.stat_result, parts: t.Tuple[str, ...]) -> Manifest:
+        """Copy a link or a file into ``dst_dir`` as ``parts[-1]`` (``parts``: its path below the copy's root)."""
         kind = kind_of(st)
-        if st is None:
-            raise FileNotFoundError(errno.ENOENT, "vanished while copying", src_name)
-        uid, gid = self._ownership(st)
+        dst_name = parts[-1]
         if kind == "link":
             os.symlink(os.readlink(src_name, dir_fd=src_dir), dst_name, dir_fd=dst_dir)
-            os.chown(dst_name, uid, gid, dir_fd=dst_dir, follow_symlinks=False)
+            os.chown(dst_name, *self._ownership(st), dir_fd=dst_dir, follow_symlinks=False)
             os.utime(dst_name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst_dir, follow_symlinks=False)
         elif kind == "file":
-            self._copy_file(src_dir, src_name, dst_dir, dst_name, st, (uid, gid))
-        elif kind == "directory":
-            self._copy_dir(src_dir, src_name, dst_dir, dst_name, st, (uid, gid), rel, manifest)
+            first = self._linked.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+            if first is not None and first[0] == self._root:
+                self._link_again(first[1:], dst_dir, st, parts)
+            else:
+                self._copy_file(src_dir, src_name, dst_dir, st, parts)
         else:
             raise AgentStateLinkError(f"{src_name}: is a socket, FIFO or device; move it away, it cannot be migrated")
-        manifest[rel] = identity(st)
+        return Manifest(identity(st), is_dir=False)
 
-    def _copy_file(self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, st: os.stat_result, owner: t.Tuple[int, int]) -> None:
+    def _copy_file(self, src_dir: int, src_name: str, dst_dir: int, st: os.stat_result, parts: t.Tuple[str, ...]) -> None:
         src = os.open(src_name, READ_FLAGS, dir_fd=src_dir)
         try:
             before = os.fstat(src)
             if (before.st_dev, before.st_ino) != (st.st_dev, st.st_ino):
                 raise AgentStateLinkError(f"{src_name}: replaced while being copied; rerun")
-            dst = os.open(dst_name, CREATE_FLAGS, 0o600, dir_fd=dst_dir)
+            dst = os.open(parts[-1], CREATE_FLAGS, 0o600, dir_fd=dst_dir)
             try:
-                copied = _copy_bytes(src, dst, before.st_size)
+                complete = _copy_data(src, dst, before)
                 after = os.fstat(src)
-                if identity(after) != identity(before) or copied != before.st_size or os.fstat(dst).st_size != copied:
+                if identity(after) != identity(before) or not complete or os.fstat(dst).st_size != before.st_size:
                     raise AgentStateLinkError(f"{src_name}: changed while being copied; nothing was removed, rerun")
-                _set_metadata(dst, st, owner)
+                self._set_metadata(dst, st, _copied_xattrs(src), parts, top_level=len(parts) == 1)
+                if st.st_nlink > 1:
+                    self._linked[(st.st_dev, st.st_ino)] = (self._root, parts, os.fstat(dst).st_ino, identity(before))
             finally:
                 os.close(dst)
         finally:
             os.close(src)
-        self.files += 1
-        self.bytes += st.st_size
 
-    def _copy_dir(
-        self, src_dir: int, src_name: str, dst_dir: int, dst_name: str, st: os.stat_result,
-        owner: t.Tuple[int, int], rel: str, manifest: t.Dict[str, Identity],
+    def _link_again(
+        self, first: t.Tuple[t.Tuple[str, ...], int, Identity], dst_dir: int, st: os.stat_result, parts: t.Tuple[str, ...],
     ) -> None:
-        os.mkdir(dst_name, 0o700, dir_fd=dst_dir)
-        src = open_dir_at(src_dir, src_name)
+        """Make a further name of an already copied file a hard link to that copy, as ``cp -a`` does."""
+        first_parts, first_ino, first_identity = first
+        if identity(st) != first_identity:
+            raise AgentStateLinkError(f"{self._note_path(parts)}: changed while being copied; nothing was removed, rerun")
+        first_dir = walk_at(self._root_fd, first_parts[:-1])  # from the copy's root again, no link followed
+        if first_dir is None:
+            raise AgentStateLinkError(f"{self._note_path(parts)}: the copy it is linked to vanished while being copied; rerun")
         try:
-            dst = open_dir_at(dst_dir, dst_name)
-            try:
-                for name in list_dir(src):
-                    self._copy(src, name, dst, name, f"{rel}/{name}" if rel else name, manifest)
-                _set_metadata(dst, st, owner)
-            finally:
-                os.close(dst)
+            os.link(first_parts[-1], parts[-1], src_dir_fd=first_dir, dst_dir_fd=dst_dir, follow_symlinks=False)
         finally:
-            os.close(src)
+            os.close(first_dir)
+        made = lstat_at(dst_dir, parts[-1])
+        if made is None or made.st_ino != first_ino:
+            if made is not None:
+                os.unlink(parts[-1], dir_fd=dst_dir)
+            raise AgentStateLinkError(f"{self._note_path(parts)}: the copy it is linked to was replaced while being copied; rerun")
+
+    def _set_metadata(
+        self, fd: int, st: os.stat_result, xattrs: t.List[t.Tuple[str, bytes]], parts: t.Sequence[str] = (),
+        top_level: bool = False,
+    ) -> None:
+        """Give a copy its source's owner (or ``owner``), extended attributes, mode and times
+        (``parts``: a file's path below the copy's root, for notes).
+
+        chown comes first: it clears set-id bits and capabilities, which are set again after it
+        only while the copy keeps its source's owner.
+        """
+        owner = self._ownership(st)
+        os.fchown(fd, *owner)
+        mode = stat.S_IMODE(st.st_mode)
+        if owner != (st.st_uid, st.st_gid) and stat.S_ISREG(st.st_mode):
+            dropped = [what for what, present in (
+                ("setuid bit", mode & stat.S_ISUID),
+                ("setgid bit", mode & stat.S_ISGID),
+                ("file capabilities (security.capability)", any(name == CAPABILITY_XATTR for name, _value in xattrs)),
+            ) if present]
+            if dropped:
+                mode &= ~(stat.S_ISUID | stat.S_ISGID)
+                xattrs = [(name, value) for name, value in xattrs if name != CAPABILITY_XATTR]
+                self.notes.append(
+                    f"{self._note_path(parts)}: {' and '.join(dropped)} dropped from its copy, which belongs to "
+                    f"uid {owner[0]} gid {owner[1]} instead of uid {st.st_uid} gid {st.st_gid}"
+                )
+        if top_level:
+            _drop_inherited_acls(fd, xattrs)
+        for name, value in xattrs:
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EINVAL):
+                    raise
+                note = f"{self._label}: extended attribute {name} not kept by its copy ({os.strerror(exc.errno)})"
+                if note not in self.notes:  # once per attribute, not once per file
+                    self.notes.append(note)
+        os.fchmod(fd, mode)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _set_metadata(fd: int, st: os.stat_result, owner: t.Tuple[int, int]) -> None:
-    """Give a copy its source's mode and times, and ``owner`` (chown first: it clears set-id bits)."""
-    os.fchown(fd, *owner)
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+def _copied_xattrs(fd: int) -> t.List[t.Tuple[str, bytes]]:
+    """The extended attributes of an open file or directory that its copy keeps (see COPIED_XATTRS)."""
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    found = []
+    for name in names:
+        if name.startswith(USER_XATTR_PREFIX) or name in COPIED_XATTRS:
+            try:
+                found.append((name, os.getxattr(fd, name)))
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:  # removed since it was listed
+                    raise
+    return found
+
+
+def _drop_inherited_acls(fd: int, xattrs: t.Sequence[t.Tuple[str, bytes]]) -> None:
+    """Remove the ACLs a new entry inherited from its directory's default ACL that its source lacks."""
+    kept = {name for name, _value in xattrs}
+    for name in (ACL_ACCESS_XATTR, ACL_DEFAULT_XATTR):
+        if name in kept:
+            continue
+        try:
+            os.removexattr(fd, name)
+        except OSError as exc:
+            if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
 
 
 def find_unmovable(dir_fd: int, name: str) -> t.Optional[str]:
@@ -353,18 +730,12 @@ def find_unmovable(dir_fd: int, name: str) -> t.Optional[str]:
         return name
     if kind != "directory":
         return None
-    fd = open_dir_at(dir_fd, name)
-    try:
-        # The directory entries' types (d_type) spare an lstat per file: regular files and links,
-        # the bulk of a tree, are passed over; a type the filesystem does not report is lstat'ed.
-        with os.scandir(fd) as entries:
-            others = [entry.name for entry in entries if not (entry.is_file(follow_symlinks=False) or entry.is_symlink())]
-        for child in others:
-            found = find_unmovable(fd, child)
-            if found is not None:
-                return f"{name}/{found}"
-    finally:
-        os.close(fd)
+    with DirChain.at(dir_fd, name) as chain:
+        for child, child_kind, done in walk(chain, skip=("file", "link")):  # the bulk of a tree, passed over
+            if child_kind == "other":
+                return "/".join((name, *chain.parts, child))
+            if child_kind == "directory" and not done:
+                chain.enter(child)
     return None
 
 
@@ -374,32 +745,48 @@ def list_dir(fd: int) -> t.List[str]:
         return [entry.name for entry in entries]
 
 
-def _copy_bytes(src: int, dst: int, size: int) -> int:
-    """Copy a file's bytes in the kernel where possible; return the number copied."""
-    copied = 0
+def _copy_data(src: int, dst: int, st: os.stat_result) -> bool:
+    """Copy a file (``st``: its status) into a new empty one, leaving its holes holes.
+
+    Returns False when the source ended early (it shrank meanwhile).
+    """
+    position, size = 0, st.st_size
+    for start, end in data_extents(src, st):
+        if start != position:
+            os.lseek(dst, start, os.SEEK_SET)
+        if not _copy_range(src, dst, start, end):
+            return False
+        position = end
+    if position != size:
+        os.ftruncate(dst, size)  # a hole up to the end
+    return True
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> bool:
+    """Copy bytes ``start`` to ``end`` of ``src`` to ``dst``'s position, in the kernel where possible."""
+    offset = start
     try:
-        while True:
-            # Ask for all that is left in one call (at least a chunk, so that reading on to EOF
-            # notices a file that grew: the caller then refuses the copy as changed).
-            sent = os.sendfile(dst, src, copied, max(size - copied, COPY_CHUNK))
+        while offset < end:
+            sent = os.sendfile(dst, src, offset, end - offset)
             if sent == 0:
-                return copied
-            copied += sent
+                return False
+            offset += sent
+        return True
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS) or copied:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS) or offset != start:
             raise
-    os.lseek(src, 0, os.SEEK_SET)
-    while True:
-        chunk = os.read(src, COPY_CHUNK)
+    while offset < end:
+        chunk = os.pread(src, min(COPY_CHUNK, end - offset), offset)
         if not chunk:
-            return copied
+            return False
         view = memoryview(chunk)
         while view:
             view = view[os.write(dst, view):]
-        copied += len(chunk)
+        offset += len(chunk)
+    return True
 
 
-def remove_copied(dir_fd: int, name: str, manifest: t.Mapping[str, Identity], rel: str = "") -> bool:
+def remove_copied(dir_fd: int, name: str, manifest: Manifest) -> bool:
     """Remove what ``manifest`` says was copied and is unchanged since; keep anything else.
 
     Returns True when the entry is gone.  A directory that still holds unrecorded entries
@@ -408,25 +795,87 @@ def remove_copied(dir_fd: int, name: str, manifest: t.Mapping[str, Identity], re
     st = lstat_at(dir_fd, name)
     if st is None:
         return True
-    recorded = manifest.get(rel)
-    if stat.S_ISDIR(st.st_mode):
-        if recorded is None or recorded[:2] != (st.st_dev, st.st_ino):
+    if not stat.S_ISDIR(st.st_mode):
+        if manifest.entries is not None or manifest.identity != identity(st):
             return False
-        fd = open_dir_at(dir_fd, name)
-        try:
-            complete = True
-            for child in list_dir(fd):
-                complete &= remove_copied(fd, child, manifest, f"{rel}/{child}" if rel else child)
-        finally:
-            os.close(fd)
-        if not complete:
-            return False
-        os.rmdir(name, dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
         return True
-    if recorded is None or recorded != identity(st):
+    if manifest.entries is None or manifest.identity[:2] != (st.st_dev, st.st_ino):
         return False
-    os.unlink(name, dir_fd=dir_fd)
+    with DirChain.at(dir_fd, name) as chain:
+        if chain.identity != (st.st_dev, st.st_ino):
+            return False
+        recorded, complete = [manifest], [True]  # per directory walked into
+        for child, _kind, done in walk(chain):
+            if done:
+                recorded.pop()
+                if complete.pop():
+                    complete[-1] &= _rmdir_if_empty(chain.fd, child)
+                else:
+                    complete[-1] = False
+                continue
+            entry = t.cast(t.Dict[str, Manifest], recorded[-1].entries).get(child)
+            child_st = lstat_at(chain.fd, child)
+            if child_st is None:
+                continue
+            if entry is None:
+                complete[-1] = False
+            elif stat.S_ISDIR(child_st.st_mode):
+                if entry.entries is not None and entry.identity[:2] == (child_st.st_dev, child_st.st_ino) \
+                        and chain.enter(child, expect=entry.identity[:2]):
+                    recorded.append(entry)
+                    complete.append(True)
+                else:
+                    complete[-1] = False
+            elif entry.entries is None and entry.identity == identity(child_st):
+                os.unlink(child, dir_fd=chain.fd)
+            else:
+                complete[-1] = False
+    return complete[0] and _rmdir_if_empty(dir_fd, name)
+
+
+def _rmdir_if_empty(dir_fd: int, name: str) -> bool:
+    """rmdir, unless an entry appeared in the directory meanwhile (then False: it stays)."""
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY:
+            raise
+        return False
     return True
+
+
+def remove_tree_at(dir_fd: int, name: str) -> None:
+    """Remove a tree of our own copies (staging, an interrupted restore) without following links."""
+    _remove_dirs(dir_fd, name, lambda parent_fd, child, _parts: os.unlink(child, dir_fd=parent_fd))
+
+
+def remove_emptied_dirs(parent_fd: int, name: str, path: str) -> None:
+    """Remove a home directory whose content has all been moved: rmdir only, so nothing else can go."""
+
+    def refuse(_parent_fd: int, child: str, parts: t.Tuple[str, ...]) -> None:
+        raise AgentStateLinkError(f"{os.path.join(path, *parts, child)}: appeared during migration; nothing lost, rerun")
+
+    _remove_dirs(parent_fd, name, refuse)
+
+
+def _remove_dirs(dir_fd: int, name: str, remove: t.Callable[[int, str, t.Tuple[str, ...]], None]) -> None:
+    """Remove an entry's tree: its directories with rmdir, anything else with ``remove``."""
+    st = lstat_at(dir_fd, name)
+    if st is None:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        remove(dir_fd, name, ())
+        return
+    with DirChain.at(dir_fd, name) as chain:
+        for child, kind, done in walk(chain):
+            if done:
+                os.rmdir(child, dir_fd=chain.fd)
+            elif kind == "directory":
+                chain.enter(child)
+            else:
+                remove(chain.fd, child, chain.parts)
+    os.rmdir(name, dir_fd=dir_fd)
 
 
 def replace_with_symlink(dir_fd: int, name: str, target: str) -> None:

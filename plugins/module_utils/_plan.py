@@ -401,40 +401,27 @@ class Planner:
     ) -> t.List[Step]:
         """Plan merging the home directory ``name`` into the store directory ``dst_fd``: moves and
         backups first, in the order found, then the duplicates to drop (the order they run in).
-
-        Depth first with an explicit stack: a tree may be deeper than Python's recursion limit.
-        """
+        Directories both hold are walked into however deep (see _fs.walk_merge)."""
         moves: t.List[Step] = []
         drops: t.List[Step] = []
-        stack = _MergeStack()
+        src_fd = _fs.open_dir_at(parent_fd, name)
         try:
-            stack.push(_fs.open_dir_at(parent_fd, name), None if dst_fd is None else os.dup(dst_fd), src_path, dst_path)
-            while stack:
-                frame = stack.top()
-                child = frame.next_child()
-                if child is None:
-                    stack.pop()
-                    continue
-                src_child, dst_child = os.path.join(frame.src_path, child), os.path.join(frame.dst_path, child)
-                dst_kind = Kind.MISSING if frame.dst_fd is None else entry_at(frame.dst_fd, child).kind
-                if dst_kind is Kind.MISSING:
-                    self._refuse_unmovable(frame.src_fd, child, frame.src_path)
+            for entry in _fs.walk_merge(src_fd, dst_fd):
+                src_child, dst_child = os.path.join(src_path, *entry.parts), os.path.join(dst_path, *entry.parts)
+                if entry.dst_kind == "missing":
+                    self._refuse_unmovable(entry.src_dir, entry.name, os.path.dirname(src_child))
                     moves.append(Step(Action.MOVE, src_child, dst_child))
                     continue
-                src_st = _fs.lstat_at(frame.src_fd, child)
-                src_kind = Kind(_fs.kind_of(src_st))
-                if src_kind is Kind.OTHER:
-                    self._refuse_unmovable(frame.src_fd, child, frame.src_path)
-                if src_kind is dst_kind is Kind.DIRECTORY:
-                    src_child_fd = _fs.open_dir_at(frame.src_fd, child)
-                    stack.push(src_child_fd, _fs.open_dir_at(t.cast(int, frame.dst_fd), child), src_child, dst_child)
-                elif src_st is not None and _fs.same_content_at(frame.src_fd, child, t.cast(int, frame.dst_fd), child):
+                src_st = _fs.lstat_at(entry.src_dir, entry.name)
+                if Kind(_fs.kind_of(src_st)) is Kind.OTHER:
+                    self._refuse_unmovable(entry.src_dir, entry.name, os.path.dirname(src_child))
+                if src_st is not None and _fs.same_content_at(entry.src_dir, entry.name, t.cast(int, entry.dst_dir), entry.name):
                     drops.append(Step(Action.DROP_DUPLICATE, src_child, dst_child, _fs.identity(src_st)))
-                else:
-                    for step in self._plan_backup(frame.src_fd, child, src_child):
-                        (drops if step.action is Action.DROP_DUPLICATE else moves).append(step)
+                    continue
+                for step in self._plan_backup(entry.src_dir, entry.name, src_child):
+                    (drops if step.action is Action.DROP_DUPLICATE else moves).append(step)
         finally:
-            stack.close()
+            os.close(src_fd)
         return moves + drops
 
     def _plan_entry(self, src_fd: int, name: str, src_path: str, dst_path: str) -> t.List[Step]:
@@ -606,90 +593,3 @@ class Planner:
 def restore_name(name: str) -> str:
     """The temporary name beside a path under which state=absent builds the entry it restores."""
     return f".{name}.agent-state-link.restore"
-
-
-class _MergeFrame:
-    def __init__(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> None:
-        self.src_fd, self.dst_fd = src_fd, dst_fd
-        self.src_path, self.dst_path = src_path, dst_path
-        self._children = sorted(_fs.list_dir(src_fd), reverse=True)
-
-    def next_child(self) -> t.Optional[str]:
-        return self._children.pop() if self._children else None
-
-    def close(self) -> None:
-        os.close(self.src_fd)
-        if self.dst_fd is not None:
-            os.close(self.dst_fd)
-
-
-class _MergeStack:
-    """The chain of directory pairs being merged, deepest last.  Frames more than WINDOW levels up
-    are parked (their descriptors closed) except every WINDOW-th, and reopened by name from the
-    nearest open frame on the way back, so a deep tree costs a bounded number of descriptors.  A
-    reopened directory must be the one that was left."""
-
-    WINDOW = 64
-
-    def __init__(self) -> None:
-        self._frames: t.List[_MergeFrame] = []
-        self._parked: t.Dict[int, t.Tuple[_fs.Identity, t.Optional[_fs.Identity]]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._frames)
-
-    def top(self) -> _MergeFrame:
-        return self._frames[-1]
-
-    def push(self, src_fd: int, dst_fd: t.Optional[int], src_path: str, dst_path: str) -> None:
-        try:
-            self._frames.append(_MergeFrame(src_fd, dst_fd, src_path, dst_path))
-        except BaseException:
-            os.close(src_fd)
-            if dst_fd is not None:
-                os.close(dst_fd)
-            raise
-        park = len(self._frames) - 1 - self.WINDOW
-        if park > 0 and park % self.WINDOW and park not in self._parked:
-            frame = self._frames[park]
-            self._parked[park] = (_fs.identity(os.fstat(frame.src_fd)),
-                                  None if frame.dst_fd is None else _fs.identity(os.fstat(frame.dst_fd)))
-            frame.close()
-
-    def pop(self) -> None:
-        self._frames.pop().close()
-        top = len(self._frames) - 1
-        if top in self._parked:
-            opened = top
-            while opened in self._parked:
-                opened -= 1
-            for index in range(opened + 1, top + 1):
-                self._unpark(index)
-
-    def _unpark(self, index: int) -> None:
-        frame, parent = self._frames[index], self._frames[index - 1]
-        src_id, dst_id = self._parked[index]
-        name = os.path.basename(frame.src_path)
-        src_fd = _reopen(parent.src_fd, name, src_id, frame.src_path)
-        try:
-            dst_fd = None if dst_id is None else _reopen(t.cast(int, parent.dst_fd), name, dst_id, frame.dst_path)
-        except BaseException:
-            os.close(src_fd)
-            raise
-        frame.src_fd, frame.dst_fd = src_fd, dst_fd
-        del self._parked[index]
-
-    def close(self) -> None:
-        for index, frame in enumerate(self._frames):
-            if index not in self._parked:
-                frame.close()
-        self._frames.clear()
-        self._parked.clear()
-
-
-def _reopen(parent_fd: int, name: str, expected: _fs.Identity, path: str) -> int:
-    fd = _fs.open_dir_at(parent_fd, name)
-    if _fs.identity(os.fstat(fd))[:2] != expected[:2]:
-        os.close(fd)
-        raise AgentStateLinkError(f"{path}: replaced while the run was planned; rerun")
-    return fd
