@@ -97,8 +97,9 @@ def module_runs(workdir: str, all_params: t.Sequence[t.Mapping[str, t.Any]]) -> 
     path = os.path.join(workdir, "playbook.yml")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(playbook, handle)  # JSON is YAML
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--diff", path], env=dict(ansible_env(), ANSIBLE_HOME=os.path.join(workdir, "ansible-home"), ANSIBLE_PIPELINING="1"),
-                          capture_output=True, text=True, check=False, cwd=workdir, timeout=900)
+    env = dict(ansible_env(), ANSIBLE_HOME=os.path.join(workdir, "ansible-home"), ANSIBLE_PIPELINING="1")
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--diff", path], env=env, capture_output=True, text=True, check=False, cwd=workdir,
+                          timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(results, encoding="utf-8") as handle:
         return t.cast(t.Dict[str, t.List[t.Dict[str, t.Any]]], json.load(handle))
