@@ -90,7 +90,11 @@ def test_check_diff_real_and_rerun(tree, workdir):
     assert outline(result) == outline(predicted)
     for link in args["links"]:  # a before/after per link, in the form of ansible.builtin.file's diff
         assert f"--- before: {link['path']}\n+++ after: {link['path']}\n" in real.stdout
-    assert f'+    "path": "link to {tree("vol:.claude")}"' in real.stdout
+    # a short text per link: path and target before and after, then a line per entry moved or backed up
+    assert f'-path   {tree("home:.claude")}: directory\n' in real.stdout
+    assert f'+path   {tree("home:.claude")}: link to {tree("vol:.claude")}\n' in real.stdout
+    assert f'moved {tree("home:.claude/projects")} -> {tree("vol:.claude/projects")}\n' in real.stdout
+    assert f'backed up {tree("home:.claude/settings.json")} (differs from the volume copy) -> {result["backup_dir"]}' in real.stdout
     assert result["links"][0]["migrated"] == [tree("home:.claude/caf\\xe9.jsonl"), tree("home:.claude/projects")]
     assert result["links"][0]["backups"] == [
         {"path": tree("home:.claude/settings.json"), "backup": result["backup_dir"] + tree("home:.claude/settings.json")}]

@@ -14,7 +14,7 @@ import typing as t
 
 import pytest
 
-from agent_tree import snapshot, write
+from agent_tree import reachable, snapshot, write
 
 HOSTS = [f"host{number:02d}" for number in range(1, 25)]
 pytestmark = pytest.mark.slow
@@ -78,6 +78,9 @@ def fleet(tmp_path_factory, agor_user):
     outside = str(root / "outside")
     for path in [*(f"{home}/.agor" for home in homes.values()), outside]:
         os.makedirs(path)  # each host's volume, as its mount point would be
+    reachable(str(root))
+    for home in homes.values():  # as in an image: the agents' account owns its home
+        os.chown(home, agor_user.pw_uid, agor_user.pw_gid)
     hosts = {
         host: {"agor_persistence_home": homes[host], "agor_persistence_seed_store": str(root / host / "seed")}
         for host in HOSTS
