@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -38,7 +39,7 @@ if SUPPORT not in sys.path:
 
 import pytest  # noqa: E402  (after the path setup above, like the test modules)
 
-from agent_tree import Tree  # noqa: E402
+from agent_tree import Tree, reachable  # noqa: E402
 
 
 def pytest_configure(config):
@@ -47,6 +48,12 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def tree(tmp_path):
-    """A sandbox home with its volume inside, plus a directory outside both (see agent_tree.Tree)."""
-    return Tree(str(tmp_path))
+def tree():
+    """A sandbox home with its volume inside, plus a directory outside both (see agent_tree.Tree).
+
+    Below a directory of its own that every account can traverse (pytest's base is 0700, and each
+    pytest session resets it), since the engine acts as the account that owns the state."""
+    base = tempfile.mkdtemp(prefix="agor-tree-")
+    reachable(base)
+    yield Tree(base)
+    subprocess.run(["rm", "-rf", "--one-file-system", base], check=False)

@@ -81,9 +81,13 @@ def open_anchor(path: str) -> t.Optional[int]:
     made or moved such a link.  Any other link is refused.  Returns None when the directory does
     not exist.
     """
+    parts = [p for p in path.split("/") if p]
     fd = os.open("/", DIR_FLAGS)
     try:
-        for part in [p for p in path.split("/") if p]:
+        for index, part in enumerate(parts):
+            # The directories on the way are only passed through (O_PATH: search permission is
+            # enough, as for any path lookup); the anchor itself is opened for reading.
+            passing = os.O_PATH if index < len(parts) - 1 else os.O_RDONLY
             st = lstat_at(fd, part)
             if st is None:
                 os.close(fd)
@@ -96,9 +100,9 @@ def open_anchor(path: str) -> t.Optional[int]:
                         f"{parent.st_uid} with mode {stat.S_IMODE(parent.st_mode):04o}; only a root-owned link in a "
                         "directory that only root can write is followed"
                     )
-                next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+                next_fd = os.open(part, passing | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
             elif stat.S_ISDIR(st.st_mode):
-                next_fd = open_dir_at(fd, part)
+                next_fd = os.open(part, passing | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
             else:
                 raise AgentStateLinkError(f"{path}: component {part!r} is not a directory")
             os.close(fd)
@@ -326,10 +330,10 @@ def is_mount_point_at(dir_fd: int, name: str) -> bool:
 def _mount_id(fd: int) -> t.Optional[int]:
     """The ID of the mount an open descriptor is on, from /proc (None where /proc is not mounted)."""
     try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:  # bytes: no codec to import (see _privsep)
             for line in info:
-                if line.startswith("mnt_id:"):
-                    return int(line.split(":", 1)[1])
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split(b":", 1)[1])
     except FileNotFoundError:
         pass
     return None

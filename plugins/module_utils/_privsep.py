@@ -8,6 +8,10 @@ Private to the agor.persistence collection.  The start step runs as root over di
 agents' user can write; whatever is done inside them runs here, with that user's uid, gid and
 groups, so a planted link or a swapped directory gains the user nothing it could not do itself.
 
+The child imports nothing: it may not be allowed to read the interpreter's files or the module's
+own payload (Ansible's temporary directory is root's, 0700), so every module it runs is imported
+before the fork, at the top of the engine's modules, and text it reads is bytes or UTF-8.
+
 The child's answer comes back as JSON, never pickle: a process running as the user is the user's to
 tamper with, and root must not execute what it sends.  (The kernel also marks a process that changed
 its credentials as not dumpable, so the user cannot ptrace it.)

@@ -99,7 +99,7 @@ def test_existing_target_of_another_account_is_refused_not_reowned(tree, ids):
     tree.build({"out:victim": "root's file", "vol:.claude/projects/s.jsonl": "S", "vol:.claude/planted": Link("out:victim")})
     before, outside = tree.user_view(), snapshot(tree.outside)
     for check_mode in (True, False):
-        with pytest.raises(AgentStateLinkError, match=r"vol.*\.claude is owned by uid 0, not by the link's owner uid"):
+        with pytest.raises(AgentStateLinkError, match=r"\.agor/\.claude is owned by uid 0, not by the link's owner uid"):
             run_engine(tree.params(CLAUDE, owner=USER, group=GROUP), check_mode=check_mode)
     assert tree.user_view() == before
     assert snapshot(tree.outside) == outside
