@@ -133,7 +133,10 @@ def _check_volume(job: Job) -> None:
     """The volume must exist, then (unless told otherwise) be a mounted filesystem."""
     fd = _fs.open_anchor(job.volume)
     if fd is None:
-        raise AgentStateLinkError(f"volume: {job.volume} does not exist; mount the persistent volume there")
+        raise AgentStateLinkError(
+            f"volume: {job.volume} does not exist; mount the persistent volume there (without it, persistence would be "
+            "lost at the next restart)"
+        )
     os.close(fd)
     if job.require_mount:
         check_mounted(job.volume)

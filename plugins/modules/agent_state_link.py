@@ -96,7 +96,7 @@ options:
     default: true
   owner:
     description:
-      - The account (name or uid) that owns the state: links, targets and parents the module creates belong to
+      - The account (name or uid) that owns the state. Links, targets and parents the module creates belong to
         it, and it performs the steps. Migrated entries keep their owner when renamed, like C(mv), and become
         this account's when copied across filesystems.
       - Defaults, per link, to the owner of the directory that holds the path (the home).

@@ -28,11 +28,12 @@ from rendering import ansible_env, module_params
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
 SHORT_LOCK_TIMEOUT = 0.3
+AGENTS_UID = 1001  # the agents' account: owns the image's home and the volume, as in a container
 
 
 def role_variables(tree):
     return {
-        "agor_persistence_user": "1001", "agor_persistence_group": "1001",
+        "agor_persistence_user": str(AGENTS_UID), "agor_persistence_group": str(AGENTS_UID),
         "agor_persistence_home": tree.home, "agor_persistence_volume": tree.volume,
         "agor_persistence_seed_store": tree.seed_store, "agor_persistence_agents": ["claude", "codex"],
         "agor_persistence_users": [], "agor_persistence_extra_links": [], "agor_persistence_conflict": "backup",
@@ -82,7 +83,7 @@ def test_simultaneous_starts_and_audits(tmp_path, mounts, figures, runs):
         str(tmp_path), mounts,
         image={"home:.claude.json": '{"userID": "image"}', "home:.codex/config.toml": 'model = "o3"'},
         volume={"vol:.claude/settings.json": '{"model": "sonnet"}', "vol:.claude.json": '{"userID": "volume"}'},
-        grow=lambda layer: populate(layer("home:.claude"), files=3000),
+        grow=lambda layer: populate(layer("home:.claude"), files=3000), owner=AGENTS_UID,
     )
     tree = sandbox.tree
     variables = role_variables(tree)
@@ -121,7 +122,7 @@ def test_an_audit_waits_for_a_start_it_would_otherwise_read_half_done(tmp_path, 
     file or directory", or report a half-done state): with a short lock timeout it fails with the
     lock timeout, and with the default one it waits, then finds nothing to do."""
     sandbox = ImageSandbox(str(tmp_path), mounts, image={"home:.codex/config.toml": 'model = "o3"'},
-                           grow=lambda layer: populate(layer("home:.claude"), files=300))
+                           grow=lambda layer: populate(layer("home:.claude"), files=300), owner=AGENTS_UID)
     tree = sandbox.tree
     params = module_params(role_variables(tree), "present")
     _code, calls = run_with_faults(params)

@@ -48,7 +48,7 @@ def large_sandbox(base, mounts):
         image={"home:.claude.json": '{"userID": "image"}', "home:.codex/config.toml": 'model = "o3"',
                "home:.codex/sessions/2026/01/01/rollout-1.jsonl": "{}\n"},
         volume={"vol:.claude/settings.json": '{"model": "sonnet"}', "vol:.claude.json": '{"userID": "volume"}'},
-        grow=lambda layer: populate(layer("home:.claude"), files=LARGE_FILES, big=LARGE_BIG_FILES),
+        grow=lambda layer: populate(layer("home:.claude"), files=LARGE_FILES, big=LARGE_BIG_FILES), owner=int(OWNER["owner"]),
     )
 
 
@@ -136,7 +136,7 @@ STEPS_LINKS = [
 
 
 def test_sigkill_before_every_filesystem_call(tmp_path, mounts, figures):
-    sandbox = ImageSandbox(str(tmp_path), mounts, image=STEPS_IMAGE, volume=STEPS_VOLUME)
+    sandbox = ImageSandbox(str(tmp_path), mounts, image=STEPS_IMAGE, volume=STEPS_VOLUME, owner=int(OWNER["owner"]))
     tree = sandbox.tree
     params = tree.params(*STEPS_LINKS, **OWNER)
     manifest = tree.manifest()

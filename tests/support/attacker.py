@@ -28,7 +28,7 @@ import sys
 import typing as t
 
 from agent_tree import Tree, run_engine, snapshot
-from mounts import ImageSandbox, Mounts
+from mounts import ImageSandbox, Mounts, give_to
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
@@ -78,14 +78,6 @@ def as_user(uid: int, function: t.Callable[..., t.Any], *args: t.Any) -> bool:
         except BaseException:  # pylint: disable=broad-exception-caught
             os._exit(1)
     return os.waitpid(pid, 0)[1] == 0
-
-
-def give_to(uid: int, *roots: str) -> None:
-    """lchown every entry below each root to ``uid`` (gid the same), as that user's own files."""
-    for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in [dirpath] + [os.path.join(dirpath, entry) for entry in dirnames + filenames]:
-                os.lchown(name, uid, uid)
 
 
 def user_argv(uid: int, *argv: str) -> t.List[str]:
@@ -321,21 +313,14 @@ def assert_no_root_owned(roots: t.Sequence[str], seen: t.Sequence[str] = (), whe
 
 
 class AttackersContainer(ImageSandbox):
-    """An ImageSandbox (home on an image layer, volume a tmpfs: every move is a copy) whose home,
-    image content and volume belong to the agents' user, as in a container after a start; reset()
-    also removes the seed store (outside the home, on the base directory's filesystem)."""
+    """An ImageSandbox owned by the agents' user (see ImageSandbox's ``owner``); reset() also
+    removes the seed store (outside the home, on the base directory's filesystem)."""
 
     def __init__(self, base: str, mounts: Mounts, image: t.Mapping[str, t.Any] = (), volume: t.Mapping[str, t.Any] = ()) -> None:
-        super().__init__(base, mounts, image=image, volume=volume, grow=lambda layer: give_to(ATTACKER, layer.home))
-        self._hand_over()
+        super().__init__(base, mounts, image=image, volume=volume, owner=ATTACKER)
 
     def reset(self) -> Tree:
         tree = super().reset()
         if os.path.lexists(tree.seed_store):
             shutil.rmtree(tree.seed_store)
-        self._hand_over()
         return tree
-
-    def _hand_over(self) -> None:
-        os.chown(self.tree.home, ATTACKER, ATTACKER)
-        give_to(ATTACKER, self.tree.volume)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import typing as t
 
-from agent_tree import Tree
+from agent_tree import Tree, reachable
 
 # Like docker's overlay2 (and tests/support/container.py): no directory renames across layers.
 OVERLAY_OPTIONS = "redirect_dir=off,index=off"
@@ -84,13 +84,17 @@ class ImageSandbox:
 
     def __init__(
         self, base: str, mounts: Mounts, image: t.Mapping[str, t.Any] = (), volume: t.Mapping[str, t.Any] = (),
-        grow: t.Optional[t.Callable[[Tree], None]] = None, volume_size: str = "512m",
+        grow: t.Optional[t.Callable[[Tree], None]] = None, volume_size: str = "512m", owner: t.Optional[int] = None,
     ) -> None:
         self.base, self.mounts, self.volume_layout, self.volume_size = base, mounts, dict(volume), volume_size
+        self.owner = owner
+        reachable(base)
         layer = Tree(os.path.join(base, "image"))
         layer.build(dict(image))
         if grow is not None:
             grow(layer)
+        if owner is not None:  # the image made the home and its content for the agents' account
+            give_to(owner, layer.home)
         self.lower = layer.home
         self.tree = Tree(os.path.join(base, "live"))
         self.trial = 0
@@ -99,7 +103,15 @@ class ImageSandbox:
     def _start(self) -> None:
         self.mounts.overlay(self.tree.home, self.lower, *self._new_layers())
         self.mounts.tmpfs(self.tree.volume, size=self.volume_size)
+        self._fill_volume()
+
+    def _fill_volume(self) -> None:
+        """The volume's layout; with an owner, the home and the volume are that account's, as in
+        a container after a start."""
         self.tree.build(self.volume_layout)
+        if self.owner is not None:
+            os.chown(self.tree.home, self.owner, self.owner)
+            give_to(self.owner, self.tree.volume)
 
     def _new_layers(self) -> t.Tuple[str, str]:
         self.trial += 1
@@ -122,5 +134,13 @@ class ImageSandbox:
         subprocess.run(["sh", "-c", script], check=True, capture_output=True, text=True)
         for path in old:
             shutil.rmtree(path)
-        self.tree.build(self.volume_layout)
+        self._fill_volume()
         return self.tree
+
+
+def give_to(uid: int, *roots: str) -> None:
+    """lchown every entry below each root to ``uid`` (gid the same), as that user's own files."""
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in [dirpath] + [os.path.join(dirpath, entry) for entry in dirnames + filenames]:
+                os.lchown(name, uid, uid)
