@@ -287,7 +287,7 @@ class Executor:
             with self._parent_of(step.path, link) as (src_fd, src_name):
                 with self._parent_of(step.dest, link, create=step.action is not Action.MOVE) as (dst_fd, dst_name):
                     try:
-                        _fs.rename_noreplace_at(src_fd, src_name, dst_fd, dst_name)
+                        _fs.move_at(src_fd, src_name, dst_fd, dst_name)
                         continue
                     except FileExistsError:
                         raise AgentStateLinkError(f"{step.dest}: appeared while migrating {step.path}; nothing lost, rerun") from None

@@ -292,7 +292,13 @@ def run_territory(job: Job, territory: P.Territory, check_mode: bool) -> t.Dict[
             if territory_fd is not None:
                 os.close(territory_fd)
     except OSError as exc:
-        raise AgentStateLinkError(describe_os_error(exc)) from exc
+        message = describe_os_error(exc)
+        if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() == territory.uid != 0:
+            message += (
+                f" [the links of uid {territory.uid} are handled by a process of that account: an entry it cannot read,"
+                " move or remove belongs to another account; give it to that account or move it away]"
+            )
+        raise AgentStateLinkError(message) from exc
 
 
 def _run_territory(job: Job, territory: P.Territory, territory_fd: t.Optional[int], check_mode: bool) -> t.Dict[str, t.Any]:

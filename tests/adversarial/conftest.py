@@ -11,7 +11,8 @@ import os
 import pytest
 
 from agent_tree import Tree, write
-from attacker import ATTACKER, SHADOW, VICTIM, VICTIM_FILES, VICTIM_HOME, give_to
+from attacker import ATTACKER, SHADOW, VICTIM, VICTIM_FILES, VICTIM_HOME
+from mounts import give_to
 from sandbox_fixtures import figures, mounts, reachable_base, report_figures  # noqa: F401  (fixtures)
 
 

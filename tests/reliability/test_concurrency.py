@@ -143,11 +143,17 @@ def test_an_audit_waits_for_a_start_it_would_otherwise_read_half_done(tmp_path, 
     figures(start_stopped_at=f"call {len(calls) // 2} of {len(calls)}")
 
 
-def _wait_until_stopped(pid):
+def _wait_until_stopped(group):
+    """Until a process of the start's process group (root's, or the account's it forked) is stopped."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            if handle.read().rsplit(")", 1)[1].split()[0] == "T":
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "T" and int(fields[2]) == group:
                 return
         time.sleep(0.01)
     raise AssertionError("the start never reached the call it was to stop at")

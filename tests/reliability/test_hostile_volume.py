@@ -21,7 +21,8 @@ import time
 import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON, CODEX, Link, Tree, run_engine, snapshot, write
-from attacker import ATTACKER, VICTIM, as_user, give_to, racing, run_or_refuse
+from attacker import ATTACKER, VICTIM, as_user, racing, run_or_refuse
+from mounts import give_to
 from guarantees import assert_linked, assert_nothing_lost, user_data
 
 NESTED = {"path": "home:.copilot", "target": "vol:users/agor/.copilot"}
@@ -108,9 +109,11 @@ def _files(root):
     return [os.path.join(d, f) for d, _s, fs in os.walk(root) for f in fs if not os.path.islink(os.path.join(d, f))]
 
 
+# Both refused: the first before any change (a target must be the link's owner's), the second when
+# the agents' user's own process cannot read the root-only file it planted (nothing copied, nothing lost).
 HARD_LINKED = {
-    "file target hard-linked to a root-owned file": ("vol:.claude.json", [CLAUDE_JSON], "is a hard link"),
-    "file in the home state hard-linked to a root-owned file": ("home:.claude/stolen", [CLAUDE], None),
+    "file target hard-linked to a root-owned file": ("vol:.claude.json", [CLAUDE_JSON], "is owned by uid 0, not by the link's owner"),
+    "file in the home state hard-linked to a root-owned file": ("home:.claude/stolen", [CLAUDE], "permission denied at stolen"),
 }
 
 

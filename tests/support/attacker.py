@@ -28,7 +28,7 @@ import sys
 import typing as t
 
 from agent_tree import Tree, run_engine, snapshot
-from mounts import ImageSandbox, Mounts, give_to
+from mounts import ImageSandbox, Mounts
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
