@@ -91,6 +91,8 @@ def _plan(job: Job, meta_fd: t.Optional[int]) -> P.JobPlan:
 
 def check_mounted(volume: str) -> None:
     """Refuse a volume that lies on the container's root filesystem: nothing there persists."""
+    if not os.path.isdir(volume):
+        raise AgentStateLinkError(f"volume: {volume} does not exist (or is not a directory); mount the persistent volume there")
     mount = mount_point_of(os.path.realpath(volume))
     if mount == "/":
         raise AgentStateLinkError(
@@ -266,6 +268,8 @@ def describe_os_error(exc: OSError) -> str:
     }
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" at {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        where += f" (running as uid {os.geteuid()}: run the start step as root, e.g. RAILWAY_RUN_UID=0 on Railway)"
     return f"{cause}{where}; everything not yet in the volume is still at its path, fix the cause and rerun ({exc})"
 
 
