@@ -63,14 +63,17 @@ class LookupModule(LookupBase):
         entry_point = terms[0]
         with open(os.path.join(variables["role_path"], "meta", "argument_specs.yml"), encoding="utf-8") as handle:
             specs = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["argument_specs"]
-        _refuse_unknown(variables, {name for spec in specs.values() for name in spec.get("options", {})} | ROLE_NAMES)
+        known = {name for spec in specs.values() for name in spec.get("options", {})} | ROLE_NAMES
+        unknown = sorted(name for name in variables if name.startswith(PREFIX) and name not in known)
+        if unknown:
+            raise AnsibleLookupError(f"{unknown[0]}: no such variable of the agor_persistence role; {_advice(unknown[0], known)}")
         options = specs[entry_point].get("options", {})
         given = self._templar.template({name: variables[name] for name in options if name in variables})
+        errors = [error for name, spec in options.items() for error in _element_errors(name, spec, given.get(name))]
         checked = ArgumentSpecValidator(options).validate(given, validate_role_argument_spec=True)
-        if checked.error_messages:
-            raise AnsibleLookupError(
-                f"agor_persistence_* variables of the {entry_point} step: " + "; ".join(checked.error_messages)
-            )
+        errors = errors or checked.error_messages
+        if errors:
+            raise AnsibleLookupError(f"agor_persistence_* variables of the {entry_point} step: " + "; ".join(errors))
         value = checked.validated_parameters
         registry = self._templar.template(variables[PREFIX + "registry"])
         return state_links(
@@ -79,10 +82,23 @@ class LookupModule(LookupBase):
         )
 
 
-def _refuse_unknown(variables: t.Mapping[str, t.Any], known: t.Set[str]) -> None:
-    """A misspelt variable would otherwise be ignored silently, and the role's default used instead."""
-    for name in sorted(variables):
-        if name.startswith(PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            advice = f"did you mean {close[0]}?" if close else "the role's variables are listed by ansible-doc -t role agor.persistence.agor_persistence"
-            raise AnsibleLookupError(f"{name}: no such variable of the agor_persistence role; {advice}")
+def _element_errors(name: str, spec: t.Mapping[str, t.Any], value: t.Any) -> t.List[str]:
+    """Problems of each dictionary in a list variable, named with its index (Ansible's messages leave it out)."""
+    keys = spec.get("options")
+    if not keys or not isinstance(value, list):
+        return []
+    errors = []
+    for index, element in enumerate(value):
+        if not isinstance(element, dict):
+            continue  # the whole list's check names the type
+        unknown = [key for key in element if key not in keys]
+        errors += [f"{name}[{index}].{key}: no such key; {_advice(key, keys)}" for key in unknown]
+        if not unknown:
+            errors += [f"{name}[{index}]: {error}" for error in ArgumentSpecValidator(keys).validate(element).error_messages]
+    return errors
+
+
+def _advice(name: str, known: t.Iterable[str]) -> str:
+    """A misspelt name would otherwise be ignored silently, and the default used instead: name the closest known one."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"did you mean {close[0]}?" if close else f"known names are {', '.join(sorted(known))}"

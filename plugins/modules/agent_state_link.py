@@ -139,9 +139,9 @@ options:
     default: 120
   labels:
     description:
-      - How error messages name the parameters, for a role or playbook that sets them from variables of its own:
-        a mapping from a parameter name to the caller's name for it (for example from C(require_mount) to
-        C(agor_persistence_require_mount)).
+      - How error messages name the parameters, for a role or playbook that sets them from variables of its own.
+        A mapping from a parameter name to the caller's name for it, for example from C(require_mount) to
+        C(agor_persistence_require_mount).
     type: dict
     default: {}
     version_added: 0.2.0

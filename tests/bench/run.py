@@ -558,12 +558,12 @@ class Bench:
         tasks = re.findall(r"^TASK \[(.*?)\]", out, re.M)
         execs = re.findall(r"EXEC /bin/sh -c '(\S+) (\S*AnsiballZ_\w+\.py)", out)
         python = os.path.join(VENV_BIN, "python3")
-        with open(os.path.join(REPO, "playbooks", "local_step.yml"), encoding="utf-8") as handle:
+        with open(os.path.join(REPO, "playbooks", "start.yml"), encoding="utf-8") as handle:
             play = yaml.safe_load(handle)[0]
         pinned = play.get("vars", {}).get("ansible_python_interpreter")
         checks.append(Check("start-no-facts", "the start play gathers no facts",
                             play.get("gather_facts") is False and "Gathering Facts" not in tasks and "setup" not in " ".join(e[1] for e in execs),
-                            f"local_step.yml: gather_facts: {play.get('gather_facts')}; tasks run: {tasks}"))
+                            f"start.yml: gather_facts: {play.get('gather_facts')}; tasks run: {tasks}"))
         checks.append(Check("start-pinned-interpreter", "the start play pins the interpreter (no discovery)",
                             bool(pinned) and "discovered_interpreter" not in out and all(e[0] in (python, os.path.join(VENV_BIN, "python")) for e in execs),
                             f"ansible_python_interpreter: {pinned!r}; module ran with {sorted(set(e[0] for e in execs))}"))

@@ -5,10 +5,8 @@ was and reports `changed` for exactly the hosts the real run then changes."""
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import re
 import subprocess
 import sys
@@ -18,6 +16,7 @@ import pytest
 
 from agent_tree import Tree, snapshot
 from cases import ABSENT_CASES, PREPARED_CASES, PRESENT_CASES
+from rendering import sandbox_variables
 
 pytestmark = pytest.mark.slow
 
@@ -35,16 +34,7 @@ def role_variables(tree: Tree, case: t.Any) -> t.Dict[str, t.Any]:
                  "target": os.path.relpath(tree(link["target"]), tree.volume)}
         extra.update({key: link[key] for key in ("kind", "initial_content") if key in link})
         extra_links.append(extra)
-    return {
-        "agor_persistence_user": pwd.getpwuid(os.geteuid()).pw_name,
-        "agor_persistence_group": grp.getgrgid(os.getegid()).gr_name,
-        "agor_persistence_home": tree.home,
-        "agor_persistence_volume": tree.volume,
-        "agor_persistence_seed_store": tree.seed_store,
-        "agor_persistence_require_mount": False,
-        "agor_persistence_agents": [],
-        "agor_persistence_extra_links": extra_links,
-    }
+    return sandbox_variables(tree, agor_persistence_agents=[], agor_persistence_extra_links=extra_links)
 
 
 def sandboxes(base: str) -> t.Tuple[t.Dict[str, Tree], str]:
