@@ -92,7 +92,10 @@ def _plan(job: Job, meta_fd: t.Optional[int]) -> P.JobPlan:
 def check_mounted(volume: str) -> None:
     """Refuse a volume that lies on the container's root filesystem: nothing there persists."""
     if not os.path.isdir(volume):
-        raise AgentStateLinkError(f"volume: {volume} does not exist (or is not a directory); mount the persistent volume there")
+        raise AgentStateLinkError(
+            f"volume: {volume} does not exist (or is not a directory); mount the persistent volume there, "
+            "persistence would be lost at the next restart"
+        )
     mount = mount_point_of(os.path.realpath(volume))
     if mount == "/":
         raise AgentStateLinkError(

@@ -41,7 +41,7 @@ def sandboxes(base: str) -> t.Tuple[t.Dict[str, Tree], str]:
     """One tree per case, built in its starting state, and the inventory naming them."""
     trees = {}
     hosts = {}
-    for host, case in zip(HOSTS, CASES):
+    for host, case in zip(HOSTS, CASES, strict=True):
         trees[host] = tree = Tree(os.path.join(base, host))
         tree.build(case.start)
         hosts[host] = role_variables(tree, case)
