@@ -17,10 +17,10 @@ from ansible_collections.agor.persistence.plugins.module_utils._drift import dri
 USERS_SUBDIR = "users"
 
 
-def _relative(value: str, name: str) -> str:
+def _relative(value: str, name: str, base: str = "the home directory") -> str:
     rel = posixpath.normpath(value)
     if rel.startswith("/") or rel == "." or rel.split("/")[0] == "..":
-        raise AnsibleFilterError(f"{name}: {value!r} must be a path relative to the home directory")
+        raise AnsibleFilterError(f"{name}: {value!r} must be a path relative to {base}")
     return rel
 
 
@@ -31,24 +31,31 @@ def _absolute(value: t.Any, name: str) -> str:
     return value
 
 
-def _entries(registry: t.Mapping[str, t.Any], agents: t.Sequence[str], variable: str) -> t.List[t.Mapping[str, t.Any]]:
+def _entries(
+    registry: t.Mapping[str, t.Any], agents: t.Sequence[str], variable: str
+) -> t.List[t.Tuple[str, t.Mapping[str, t.Any]]]:
+    """(agent, registry entry) for every path of the ``agents``."""
     unknown = [agent for agent in agents if agent not in registry]
     if unknown:
         raise AnsibleFilterError(
             f"{variable}: unknown agent(s) {', '.join(map(repr, unknown))}; known agents are {', '.join(sorted(registry))} "
             "(use agor_persistence_extra_links for other paths)"
         )
-    return [entry for agent in agents for entry in registry[agent]]
+    return [(agent, entry) for agent in agents for entry in registry[agent]]
 
 
-def _link(home: str, target_root: str, entry: t.Mapping[str, t.Any], owner: str, group: str, where: str) -> t.Dict[str, t.Any]:
+def _link(
+    home: str, target_root: str, entry: t.Mapping[str, t.Any], owner: str, group: str, where: str, label: str
+) -> t.Dict[str, t.Any]:
+    """The link for a registry entry or an extra link; ``label`` names it in the module's messages."""
     rel = _relative(entry["path"], where + ".path")
     link = {
         "path": posixpath.join(home, rel),
         "target": posixpath.join(target_root, rel),
-        "kind": entry.get("kind", "directory"),
+        "kind": entry.get("kind") or "directory",  # None: not given in an argument-spec-checked extra link
         "owner": owner,
         "group": group,
+        "label": label,
     }
     if entry.get("initial_content") is not None:
         link["initial_content"] = entry["initial_content"]
@@ -69,8 +76,8 @@ def state_links(
     _absolute(home, "agor_persistence_home")
     _absolute(volume, "agor_persistence_volume")
     links = [
-        _link(home, volume, entry, user, group, "agor_persistence_agents")
-        for entry in _entries(registry, agents, "agor_persistence_agents")
+        _link(home, volume, entry, user, group, "agor_persistence_agents", f"agent {agent} (~/{entry['path']})")
+        for agent, entry in _entries(registry, agents, "agor_persistence_agents")
     ]
     for index, account in enumerate(users):
         where = f"agor_persistence_users[{index}]"
@@ -79,15 +86,16 @@ def state_links(
         name = account["name"]
         account_home = _absolute(account.get("home") or f"/home/{name}", where + ".home")
         target_root = posixpath.join(volume, USERS_SUBDIR, name)
-        for entry in _entries(registry, account.get("agents", agents), where + ".agents"):
-            links.append(_link(account_home, target_root, entry, name, account.get("group") or name, where))
+        for agent, entry in _entries(registry, agents if account.get("agents") is None else account["agents"], where + ".agents"):
+            label = f"{where} (agent {agent})"
+            links.append(_link(account_home, target_root, entry, name, account.get("group") or name, where, label))
     for index, extra in enumerate(extra_links):
         where = f"agor_persistence_extra_links[{index}]"
         if not isinstance(extra, t.Mapping) or not extra.get("path"):
             raise AnsibleFilterError(f"{where}: needs a path (relative to the home directory)")
-        link = _link(home, volume, extra, extra.get("owner") or user, extra.get("group") or group, where)
+        link = _link(home, volume, extra, extra.get("owner") or user, extra.get("group") or group, where, where)
         if extra.get("target"):
-            link["target"] = posixpath.join(volume, _relative(extra["target"], where + ".target"))
+            link["target"] = posixpath.join(volume, _relative(extra["target"], where + ".target", "the volume"))
         links.append(link)
     return links
 

@@ -134,8 +134,8 @@ def _check_volume(job: Job) -> None:
     fd = _fs.open_anchor(job.volume)
     if fd is None:
         raise AgentStateLinkError(
-            f"volume: {job.volume} does not exist; mount the persistent volume there (without it, persistence would be "
-            "lost at the next restart)"
+            f"volume: {job.volume} does not exist; mount the persistent volume there, persistence would be lost at the "
+            "next restart"
         )
     os.close(fd)
     if job.require_mount:
@@ -205,7 +205,7 @@ def _territory_parts(job: Job, link: LinkSpec, store_uid: int) -> t.Tuple[str, .
     rel = job.relative_target(link).split("/")
     if len(rel) < 3 or rel[0] != USERS_DIR_NAME:
         raise AgentStateLinkError(
-            f"{link.where}.target: {link.target} belongs to uid {link.uid}, but {job.store_root} is owned by uid "
+            f"{link.field_name('target')}: {link.target} belongs to uid {link.uid}, but {job.store_root} is owned by uid "
             f"{store_uid}: the state of an account other than the volume root's owner lives below "
             f"{os.path.join(job.store_root, USERS_DIR_NAME)}/<name>/ (or set manage_volume_root=true to give the volume "
             "root to the primary account)"
@@ -384,4 +384,6 @@ def describe_os_error(exc: OSError) -> str:
     }
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" at {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+        where += f" (running as uid {os.geteuid()}: run the start step as root, e.g. RAILWAY_RUN_UID=0 on Railway)"
     return f"{cause}{where}; everything not yet in the volume is still at its path, fix the cause and rerun ({exc})"

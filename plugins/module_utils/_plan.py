@@ -258,7 +258,7 @@ class Planner:
         plan = LinkPlan(link=link, store=self.store_path(link), before=entry_at(home_fd, name), target_before=MISSING)
         if plan.before.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, home_fd), name):
             raise AgentStateLinkError(
-                f"{link.where}.path: {link.path} is a mount point; it cannot be moved into the volume or replaced "
+                f"{link.field_name('path')}: {link.path} is a mount point; it cannot be moved into the volume or replaced "
                 "by a link: unmount it, or drop this link"
             )
         if self.job.state == "absent":
@@ -312,7 +312,7 @@ class Planner:
                 wanted = Kind(link.kind) if is_target else Kind.DIRECTORY
                 if entry.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, fd), part):
                     raise AgentStateLinkError(
-                        f"{link.where}.target: {current} is a mount point; a target must be an ordinary entry of the "
+                        f"{link.field_name('target')}: {current} is a mount point; a target must be an ordinary entry of the "
                         "volume (mount the volume at or above the target's parent instead)"
                     )
                 if entry.kind not in (Kind.MISSING, wanted):
@@ -327,7 +327,7 @@ class Planner:
                     continue
                 if st.st_uid != link.uid:
                     raise AgentStateLinkError(
-                        f"{link.where}.target: {current} is owned by uid {st.st_uid}, not by the link's owner uid "
+                        f"{link.field_name('target')}: {current} is owned by uid {st.st_uid}, not by the link's owner uid "
                         f"{link.uid}: it was made or moved there by another account; move it away (or give it to uid "
                         f"{link.uid}) and rerun"
                     )

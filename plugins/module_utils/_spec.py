@@ -13,6 +13,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import typing as t
 from dataclasses import dataclass
 
@@ -60,18 +61,32 @@ class LinkSpec:
     belongs to whoever owns the directory that holds the path (the home).
     """
 
-    index: int
     path: str
     target: str
     kind: str
     initial_content: t.Optional[str]
     uid: t.Optional[int]
     gid: t.Optional[int]
+    index: int = 0
+    label: str = ""
 
-    @property
-    def where(self) -> str:
-        """How messages name this link's parameters."""
-        return f"links[{self.index}]"
+    def field_name(self, field: str) -> str:
+        return field_name(self.index, self.label, field)
+
+
+def field_name(index: int, label: str, field: str) -> str:
+    """How a message names one field of a link: ``links[3].owner``, or ``owner of <label>`` when the
+    caller labelled the link in its own terms (``owner of agor_persistence_extra_links[2]``)."""
+    return f"{field} of {label}" if label else f"links[{index}].{field}"
+
+
+def relabel(message: str, labels: t.Mapping[str, str]) -> str:
+    """``message`` with each parameter name the caller knows by another name renamed, where a message
+    names a parameter: before ``:`` or ``=`` (``require_mount=false`` -> ``agor_persistence_require_mount=false``)."""
+    if not labels:
+        return message
+    pattern = r"(?<![\w.\[])(" + "|".join(re.escape(name) for name in sorted(labels, key=len, reverse=True)) + r")(?=[:=])"
+    return re.sub(pattern, lambda match: labels[match.group(1)], message)
 
 
 @dataclass(frozen=True)
@@ -150,14 +165,14 @@ def _resolve_group(value: t.Any, name: str) -> int:
 Owner = t.Tuple[t.Optional[int], t.Optional[int]]
 
 
-def _ownership(owner: t.Any, group: t.Any, where: str, default: Owner) -> Owner:
+def _ownership(owner: t.Any, group: t.Any, where: t.Callable[[str], str], default: Owner) -> Owner:
     """Resolve an owner/group pair; unset values fall back to ``default``."""
     uid, gid = default
     if owner is not None and owner != "":
-        uid, primary_gid = _resolve_user(owner, f"{where}owner")
+        uid, primary_gid = _resolve_user(owner, where("owner"))
         gid = primary_gid if primary_gid >= 0 else gid if gid is not None else uid
     if group is not None and group != "":
-        gid = _resolve_group(group, f"{where}group")
+        gid = _resolve_group(group, where("group"))
     return uid, gid
 
 
@@ -193,6 +208,7 @@ def argument_spec() -> t.Dict[str, t.Any]:
                 initial_content=dict(type="str"),
                 owner=dict(type="str"),
                 group=dict(type="str"),
+                label=dict(type="str"),
             ),
         ),
         volume=dict(type="path", required=True),
@@ -205,6 +221,7 @@ def argument_spec() -> t.Dict[str, t.Any]:
         seed_store=dict(type="path"),
         manage_volume_root=dict(type="bool", default=False),
         lock_timeout=dict(type="float", default=120),
+        labels=dict(type="dict", default={}),
         state=dict(type="str", choices=list(STATES), default="present"),
     )
 
@@ -225,7 +242,7 @@ def build_job(raw_params: t.Mapping[str, t.Any]) -> Job:
     state = _choice(params["state"], "state", STATES)
     volume = _absolute(params.get("volume"), "volume")
     conflict = _choice(params["conflict"], "conflict", CONFLICT_POLICIES)
-    uid, gid = _ownership(params.get("owner"), params.get("group"), "", (None, None))
+    uid, gid = _ownership(params.get("owner"), params.get("group"), str, (None, None))
     seed_store = params.get("seed_store")
     if seed_store is not None:
         seed_store = _absolute(seed_store, "seed_store")
@@ -270,39 +287,44 @@ def _build_link(
     raw: t.Any, index: int, volume: str, default_owner: Owner, seed_store: t.Optional[str],
     owners: t.Dict[t.Tuple[str, str], Owner],
 ) -> LinkSpec:
-    where = f"links[{index}]."
     if not isinstance(raw, t.Mapping):
         raise AgentStateLinkError(f"links[{index}]: expected a dictionary with path, target and kind, got {raw!r}")
-    path = _absolute(raw.get("path"), where + "path")
-    target = _absolute(raw.get("target"), where + "target")
-    kind = _choice(raw.get("kind") or LINK_DEFAULTS["kind"], where + "kind", KINDS)
+    label = raw.get("label") or ""
+
+    def where(field: str) -> str:
+        return field_name(index, label, field)
+
+    path = _absolute(raw.get("path"), where("path"))
+    target = _absolute(raw.get("target"), where("target"))
+    kind = _choice(raw.get("kind") or LINK_DEFAULTS["kind"], where("kind"), KINDS)
     if not is_within(target, volume) or target == volume:
-        raise AgentStateLinkError(f"{where}target: {target} lies outside volume {volume}; every target must be inside it")
+        raise AgentStateLinkError(f"{where('target')}: {target} lies outside volume {volume}; every target must be inside it")
     if META_DIR_NAME in target.split("/"):
-        raise AgentStateLinkError(f"{where}target: {target} runs through a bookkeeping directory {META_DIR_NAME} of the module")
+        raise AgentStateLinkError(f"{where('target')}: {target} runs through a bookkeeping directory {META_DIR_NAME} of the module")
     if path == target:
-        raise AgentStateLinkError(f"{where}path: {path} equals its target")
+        raise AgentStateLinkError(f"{where('path')}: {path} equals its target")
     if is_within(target, path):
-        raise AgentStateLinkError(f"{where}path: {path} contains its target {target}")
+        raise AgentStateLinkError(f"{where('path')}: {path} contains its target {target}")
     if is_within(path, target):
-        raise AgentStateLinkError(f"{where}path: {path} lies inside its target {target}")
+        raise AgentStateLinkError(f"{where('path')}: {path} lies inside its target {target}")
     if is_within(path, volume) or is_within(volume, path):
-        raise AgentStateLinkError(f"{where}path: {path} overlaps volume {volume}; state paths must lie outside it")
+        raise AgentStateLinkError(f"{where('path')}: {path} overlaps volume {volume}; state paths must lie outside it")
     if seed_store is not None and (is_within(path, seed_store) or is_within(seed_store, path)):
-        raise AgentStateLinkError(f"{where}path: {path} overlaps seed_store {seed_store}")
+        raise AgentStateLinkError(f"{where('path')}: {path} overlaps seed_store {seed_store}")
     initial_content = raw.get("initial_content")
     if initial_content is not None:
         if kind != "file":
-            raise AgentStateLinkError(f"{where}initial_content: only allowed with kind=file")
+            raise AgentStateLinkError(f"{where('initial_content')}: only allowed with kind=file")
         if not isinstance(initial_content, str) or initial_content == "":
             raise AgentStateLinkError(
-                f"{where}initial_content: must be a non-empty string (an empty file breaks programs such as Claude Code)"
+                f"{where('initial_content')}: must be a non-empty string (an empty file breaks programs such as Claude Code)"
             )
     key = (repr(raw.get("owner")), repr(raw.get("group")))  # the user database is read once per owner, not per link
     if key not in owners:
         owners[key] = _ownership(raw.get("owner"), raw.get("group"), where, default_owner)
     uid, gid = owners[key]
-    return LinkSpec(index=index, path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid)
+    return LinkSpec(path=path, target=target, kind=kind, initial_content=initial_content, uid=uid, gid=gid,
+                    index=index, label=label)
 
 
 def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:
@@ -315,9 +337,9 @@ def _check_disjoint(links: t.Sequence[LinkSpec]) -> None:
             for attr in ("path", "target"):
                 a, b = getattr(first, attr), getattr(second, attr)
                 if a == b:
-                    raise AgentStateLinkError(f"links[{j}].{attr}: {b} is given twice (also links[{i}].{attr})")
+                    raise AgentStateLinkError(f"{second.field_name(attr)}: {b} is given twice (also {first.field_name(attr)})")
                 if is_within(a, b) or is_within(b, a):
-                    raise AgentStateLinkError(f"links[{j}].{attr}: {b} and links[{i}].{attr} {a} are nested")
+                    raise AgentStateLinkError(f"{second.field_name(attr)}: {b} and {first.field_name(attr)} {a} are nested")
 
 
 def _nesting(paths: t.Iterable[str]) -> bool:

@@ -80,6 +80,12 @@ options:
         description:
           - Group of what is created for this link; overrides O(group).
         type: str
+      label:
+        description:
+          - How error messages name this link, in the caller's terms (for example
+            C(agor_persistence_extra_links[2])), instead of its position in O(links).
+        type: str
+        version_added: 0.2.0
   volume:
     description:
       - The persistent volume's directory. Every target must lie inside it.
@@ -144,6 +150,14 @@ options:
       - Seconds to wait for another run holding the volume's lock before failing.
     type: float
     default: 120
+  labels:
+    description:
+      - How error messages name the parameters, for a role or playbook that sets them from variables of its own.
+        A mapping from a parameter name to the caller's name for it, for example from C(require_mount) to
+        C(agor_persistence_require_mount).
+    type: dict
+    default: {}
+    version_added: 0.2.0
   state:
     description:
       - V(present) links every path to its target in the mounted volume, migrating what is there.
@@ -296,7 +310,7 @@ volume_owner_changed:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.agor.persistence.plugins.module_utils._engine import run
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError, argument_spec
+from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError, argument_spec, relabel
 
 
 def main() -> None:
@@ -307,7 +321,7 @@ def main() -> None:
     try:
         result = run(module.params, check_mode=module.check_mode)
     except AgentStateLinkError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=relabel(str(exc), module.params["labels"]))
     for warning in result.pop("warnings"):
         module.warn(warning)
     module.exit_json(**result)

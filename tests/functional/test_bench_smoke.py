@@ -20,13 +20,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 ROWS = [
     "start-default", "start-5", "start-50", "start-500",
-    "naive-5", "naive-many",
+    "naive-4", "naive-many",
     "engine-1000",
     "volume-files", "chown-curve-1", "chown-curve-2", "chown-curve-3",
     "migrate-xfs", "migrate-samefs", "migrate-samefs-entries",
     "command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files",
     "pull", "pull-no-stall", "git-plus-playbook",
-    "explain-no-argspec", "explain-module-task", "explain-module-process", "explain-links-module-process",
+    "explain-argspec-task", "explain-module-task", "explain-module-process", "explain-links-module-process",
     "explain-links-engine",
 ]
 CHECKS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]

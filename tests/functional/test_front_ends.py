@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """One engine, two front ends: every starting state of the module suite (the case tables of
-tests/unit/plugins/module_utils/test_present.py and test_prepared_absent.py), run through the module
+tests/support/cases.py, shared with the module's unit tests), run through the module
 by ansible-playbook and through the agor-persistence command, gives the same check-mode prediction,
 the same result and the same end state.
 
@@ -10,7 +10,6 @@ tree of its own; then every tree is laid out again at the same place and the com
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -21,11 +20,11 @@ import typing as t
 
 import pytest
 
-from agent_tree import Case, Tree, outline, snapshot
+from agent_tree import Tree, outline, snapshot
+from cases import ABSENT_CASES, PREPARED_CASES, PRESENT_CASES
 from engine_command import build_command, run_command
 from rendering import ansible_env
 
-UNIT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unit", "plugins", "module_utils")
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 # The subcommand of each state.
 SUBCOMMAND = {"present": "start", "prepared": "build", "absent": "rollback"}
@@ -35,16 +34,8 @@ RESULT_KEYS = ("changed", "links", "backup_dir", "volume_owner_changed", "diff")
 STAMP = re.compile(r"/\.agent-state-link/backups/[^/\"]+")
 
 
-def _case_table(module: str, *names: str) -> t.List[t.Tuple[str, Case]]:
-    """The named tables of a unit test module, loaded from its file (they are not copied here)."""
-    spec = importlib.util.spec_from_file_location(f"front_ends_{module}", os.path.join(UNIT, f"{module}.py"))
-    assert spec is not None and spec.loader is not None
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
-    return [(f"{name}: {case.id}", case) for name in names for case in getattr(loaded, name)]
-
-
-CASES = _case_table("test_present", "CASES") + _case_table("test_prepared_absent", "PREPARED_CASES", "ABSENT_CASES")
+CASES = [(f"{name}: {case.id}", case) for name, table in
+         (("CASES", PRESENT_CASES), ("PREPARED_CASES", PREPARED_CASES), ("ABSENT_CASES", ABSENT_CASES)) for case in table]
 
 
 def comparable(result: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -6,8 +6,10 @@ Needs conftest's environment (ANSIBLE_COLLECTIONS_PATH, ansible_collections impo
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 import typing as t
@@ -44,6 +46,20 @@ def render(dest: str, flavour: str, variables: t.Mapping[str, t.Any] = None, rea
             with open(files[name], encoding="utf-8") as handle:
                 files[name] = handle.read()
     return files
+
+
+def sandbox_variables(tree: t.Any, **overrides: t.Any) -> t.Dict[str, t.Any]:
+    """The role's variables for an agent_tree.Tree sandbox, run as the current user, no mount required."""
+    variables = {
+        "agor_persistence_user": pwd.getpwuid(os.geteuid()).pw_name,
+        "agor_persistence_group": grp.getgrgid(os.getegid()).gr_name,
+        "agor_persistence_home": tree.home,
+        "agor_persistence_volume": tree.volume,
+        "agor_persistence_seed_store": tree.seed_store,
+        "agor_persistence_require_mount": False,
+    }
+    variables.update(overrides)
+    return variables
 
 
 def registry() -> t.Dict[str, t.Any]:
