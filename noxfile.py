@@ -7,12 +7,14 @@ antsibull-nox.toml configures the standard sessions: ``lint`` (ruff and yamllint
 plugin docs), ``docs-check``, ``extra-checks``, ``build-import-check`` and ``ansible-lint``. This file adds:
 
 * ``shellcheck`` and ``changelog`` (``scripts/lint``);
-* ``sanity-X.Y`` and ``units-X.Y`` for ansible-core 2.17, 2.19 and 2.21 (``scripts/ansible-test``): they run
+* ``sanity-X.Y``, ``units-X.Y`` and ``ansible-integration-X.Y`` (tests/integration/targets, ``--local``) for
+  ansible-core 2.17, 2.19 and 2.21 (``scripts/ansible-test``): they run
   ansible-test locally in a copy of the collection under ``ansible_collections/agor/persistence`` instead of
   antsibull-nox's container-based ansible-test sessions, which need docker images and GitHub, neither of
   which this kind of machine reaches;
 * ``integration``: pytest of tests/functional, tests/reliability and tests/adversarial (playbook runs, real filesystems, crashes,
   as root in a private mount namespace, through ``scripts/test``), ``packaging`` (build, install, run by FQCN);
+* ``ee-create``: ``ansible-builder create`` accepts execution-environment.yml;
 * ``matrix``: everything above, every ansible-core version. ``nox`` alone runs the fast default set
   (everything but the ansible-core 2.17 and 2.21 sessions, ``integration`` and ``packaging``, which
   ``scripts/test`` runs as part of its pytest run).
@@ -23,9 +25,11 @@ Run ``scripts/matrix`` (installs nox and antsibull-nox first), or ``nox -s <sess
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import nox
+import yaml
 
 try:
     import antsibull_nox
@@ -85,9 +89,19 @@ def _units(core: str):
     return units
 
 
+def _ansible_integration(core: str):
+    def ansible_integration(session: nox.Session) -> None:
+        # --local: the targets run on this machine, in the ansible-core virtualenv scripts/ansible-test keeps.
+        _script(session, "ansible-test", "--core", core, "integration", "--local", "--color", "no", *session.posargs)
+
+    ansible_integration.__doc__ = f"ansible-test integration (tests/integration/targets) from ansible-core {core}, locally."
+    return ansible_integration
+
+
 for _core in CORES:
     nox.session(name=f"sanity-{_core}", python=False, default=False)(_sanity(_core))
     nox.session(name=f"units-{_core}", python=False, default=False)(_units(_core))
+    nox.session(name=f"ansible-integration-{_core}", python=False, default=False)(_ansible_integration(_core))
 
 
 @nox.session(python=False, default=True, requires=[f"sanity-{DEFAULT_CORE}"])
@@ -98,6 +112,29 @@ def sanity(session: nox.Session) -> None:
 @nox.session(python=False, default=True, requires=[f"units-{DEFAULT_CORE}"])
 def units(session: nox.Session) -> None:
     """ansible-test units on the default ansible-core."""
+
+
+@nox.session(name="ansible-integration", python=False, default=True, requires=[f"ansible-integration-{DEFAULT_CORE}"])
+def ansible_integration(session: nox.Session) -> None:
+    """ansible-test integration on the default ansible-core."""
+
+
+@nox.session(name="ee-create", default=True)
+def ee_create(session: nox.Session) -> None:
+    """ansible-builder create accepts execution-environment.yml, and its build context installs this collection."""
+    session.install("ansible-builder==3.2.0")
+    context = os.path.join(session.create_tmp(), "ee-context")
+    shutil.rmtree(context, ignore_errors=True)
+    session.run("ansible-builder", "create", "--file", "execution-environment.yml", "--context", context)
+    with open("galaxy.yml", encoding="utf-8") as galaxy:
+        repository = yaml.safe_load(galaxy)["repository"]
+    with open(os.path.join(context, "_build", "requirements.yml"), encoding="utf-8") as requirements:
+        collections = yaml.safe_load(requirements)["collections"]
+    if f"{repository}.git" not in [collection["name"] for collection in collections]:
+        session.error(f"the execution environment does not install {repository}.git: {collections}")
+    with open(os.path.join(context, "Containerfile"), encoding="utf-8") as containerfile:
+        if "ansible-runner" not in containerfile.read():
+            session.error("the execution environment lacks ansible-runner, which AWX runs every job with")
 
 
 @nox.session(python=False, default=False)
@@ -129,6 +166,8 @@ def packaging(session: nox.Session) -> None:
         "build-import-check",
         *(f"sanity-{core}" for core in CORES),
         *(f"units-{core}" for core in CORES),
+        *(f"ansible-integration-{core}" for core in CORES),
+        "ee-create",
         "integration",
         "packaging",
     ],

@@ -69,7 +69,9 @@ def test_ansible_flavour(tmp_path):
     assert docker[0] == "USER root"
     assert "'ansible-core==2.19.*'" in docker[_index(docker, "pip install")]
     install = _index(docker, "ansible-galaxy collection install")
-    assert _index(docker, "COPY agor-persistence-0.1.0.tar.gz") < install
+    with open(os.path.join(REPO, "galaxy.yml"), encoding="utf-8") as galaxy:
+        version = yaml.safe_load(galaxy)["version"]
+    assert _index(docker, f"COPY agor-persistence-{version}.tar.gz") < install, "the tarball galaxy.yml's version builds"
     copy_vars = _index(docker, f"COPY agor-persistence-vars.yml {VARS}")
     _index(docker, f"COPY agor-persistence-entrypoint {ENTRYPOINT}")
     build = _index(docker, "ansible-playbook agor.persistence.build")

@@ -40,6 +40,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import typing as t
 from dataclasses import dataclass
@@ -48,6 +49,19 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Like docker's overlay2: no directory renames across layers (EXDEV), no inode index.
 OVERLAY_OPTIONS = "redirect_dir=off,index=off"
 _PR_SET_PDEATHSIG = 1
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def host_paths_hidden_by_tmp() -> t.Dict[str, str]:
+    """The checkout and the running interpreter's environment, when they lie below /tmp.
+
+    The host's root filesystem is every container's lowest layer, so containers run the tests'
+    own Python and scripts from there; but a container's /tmp is a fresh tmpfs, which hides a
+    checkout (and its .venv) living below the host's /tmp.  These are mounted back at their paths."""
+    paths = sorted({os.path.realpath(path) for path in (CHECKOUT, sys.prefix)})
+    below_tmp = [path for path in paths if path.startswith("/tmp/")]
+    outermost = [path for path in below_tmp if not any(path.startswith(other + "/") for other in below_tmp)]
+    return {path: path for path in outermost}
 
 
 def _die_with_parent() -> None:
@@ -104,15 +118,16 @@ class Engine:
     """Owns a private mount namespace with a tmpfs holding every layer and upper directory.
 
     ``shared`` maps container paths to host paths bind-mounted read-only into every container
-    (tools and checkouts the image would contain).  Host paths (shared ones and volumes) are looked
-    up in the engine's namespace, a copy of the caller's when the engine starts: mount a tmpfs meant
-    as a volume before creating the engine.
+    (tools and checkouts the image would contain); the checkout and the tests' interpreter
+    environment are always visible at their own paths, even below /tmp.  Host paths (shared ones
+    and volumes) are looked up in the engine's namespace, a copy of the caller's when the engine
+    starts: mount a tmpfs meant as a volume before creating the engine.
     """
 
     def __init__(self, shared: t.Optional[t.Mapping[str, str]] = None, size: str = "2g") -> None:
         if os.geteuid() != 0:
             raise PermissionError("the container simulator needs root (mount namespaces, overlayfs)")
-        self.shared = dict(shared or {})
+        self.shared = {**host_paths_hidden_by_tmp(), **(shared or {})}
         self._dir = tempfile.mkdtemp(prefix="agor-container-engine-")
         self.storage = os.path.join(self._dir, "storage")  # a tmpfs, in the engine's namespace only
         os.mkdir(self.storage)
