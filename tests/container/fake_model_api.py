@@ -222,7 +222,3 @@ class FakeModelAPI:
         assert self._server is not None
         with self._server._lock:
             return list(self._server.requests)
-
-    def model_requests(self) -> t.List[Request]:
-        """The POSTs that ask a model for an answer."""
-        return [r for r in self.requests if r.method == "POST"]

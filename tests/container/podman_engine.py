@@ -221,12 +221,13 @@ class Container:
         proc = self.podman("logs", self.name, check=False)
         return proc.stdout + proc.stderr
 
-    def wait_for_log(self, text: str, timeout: float = 120) -> None:
-        """Until the container's output shows ``text``; fails early when the container exits."""
+    def wait_for_log(self, text: str, occurrences: int = 1, timeout: float = 120) -> None:
+        """Until the container's output shows ``text`` (that many times: once more per restart); fails
+        early when the container exits."""
         deadline = time.monotonic() + timeout
         while True:
             logs = self.logs()
-            if text in logs:
+            if logs.count(text) >= occurrences:
                 return
             if not self.running:
                 raise AssertionError(f"container {self.name} exited before printing {text!r}:\n{logs[-4000:]}")
