@@ -5,7 +5,8 @@
   that ``podman import`` turns into the base image (no image registry is reachable);
 - the five agent CLIs, installed from the npm registry into a prefix of their own, which the image
   build copies in through a read-only build volume;
-- node 20: the host's binary (bookworm's nodejs is 18).
+- node 20: the host's binary (bookworm's nodejs is 18);
+- the containers.podman collection, for the fleet audit.
 
 Run as a script to fill the cache ahead of the tests: ``python3 tests/container/artifacts.py``.
 """
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = os.path.join(REPO, ".cache", "container")
@@ -32,6 +34,10 @@ AGENT_CLIS = {
     "@github/copilot": "1.0.102",
 }
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# The containers.podman collection (podman connection and inventory plugins) comes out of PyPI's
+# ``ansible`` package, which pairs with ansible-core 2.19; Galaxy is not reachable here.
+ANSIBLE_PACKAGE = "ansible==12.3.0"
+PODMAN_COLLECTION = "ansible_collections/containers/podman/"
 
 
 def _publish(build, dest: str) -> str:
@@ -95,6 +101,21 @@ def agent_clis() -> str:
     return _publish(build, os.path.join(CACHE, f"agent-clis-{key}"))
 
 
+def podman_collection() -> str:
+    """A collections path holding containers.podman, taken out of the ``ansible`` wheel."""
+
+    def build(tmp: str) -> str:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, ANSIBLE_PACKAGE],
+                       check=True, capture_output=True)
+        (wheel,) = glob.glob(os.path.join(tmp, "*.whl"))
+        root = os.path.join(tmp, "collections")
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(root, [name for name in archive.namelist() if name.startswith(PODMAN_COLLECTION)])
+        return root
+
+    return _publish(build, os.path.join(CACHE, "collections-" + ANSIBLE_PACKAGE.replace("==", "-")))
+
+
 def node_binary() -> str:
     """The host's node 20 (the real file behind ``node`` on PATH)."""
     node = shutil.which("node")
@@ -104,4 +125,4 @@ def node_binary() -> str:
 
 
 if __name__ == "__main__":
-    print(bookworm_tarball() if sys.argv[1:] == ["bookworm"] else agent_clis() if sys.argv[1:] == ["clis"] else "usage: artifacts.py bookworm|clis")
+    print(bookworm_tarball(), agent_clis(), podman_collection(), sep="\n")
