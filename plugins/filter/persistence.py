@@ -11,6 +11,8 @@ import typing as t
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.agor.persistence.plugins.module_utils._drift import drift_lines
+
 # Targets of further users (see agor_persistence_users) live below this directory of the volume.
 USERS_SUBDIR = "users"
 
@@ -88,23 +90,6 @@ def state_links(
             link["target"] = posixpath.join(volume, _relative(extra["target"], where + ".target"))
         links.append(link)
     return links
-
-
-def drift_lines(result: t.Mapping[str, t.Any]) -> t.List[str]:
-    """One line per drifted path of an agent_state_link check-mode result; empty when clean."""
-    if "links" not in result:
-        return [f"audit failed: {result.get('msg', 'no result')}"]
-    lines = []
-    for link in result["links"]:
-        if not link["changed"]:
-            continue
-        wanted = f"link to {link['target']}"
-        found = link["before"]
-        problem = f"is {found}, expected {wanted}" if found != wanted else f"target {link['target']} is {link['target_before']}"
-        lines.append(f"{link['path']}: {problem}; start would {', '.join(link['actions'])}")
-    if result.get("volume_owner_changed"):
-        lines.append("volume root: owned by another user than the agents' user; start would set_owner")
-    return lines
 
 
 def fleet_summary(hosts: t.Sequence[str], hostvars: t.Mapping[str, t.Any]) -> t.Dict[str, t.Any]:

@@ -7,7 +7,7 @@ Prints a table of medians and ratios, each ratio against a baseline measured sid
 same run, with its target and PASS/GAP; then where the start step's time goes; then the checks
 (imports, no facts, pinned interpreter, one module run).  As root it runs in a private mount
 namespace of its own, so the tmpfs volumes it mounts never reach the host.  Sections: start,
-naive, engine, volume, migrate, shell, pull, checks.  --quick: smaller trees and fewer links, no
+naive, engine, volume, migrate, command, pull, checks.  --quick: smaller trees and fewer links, no
 warm-up rounds (a smoke run); the full run takes about ten to twenty minutes.
 """
 
@@ -40,7 +40,7 @@ sys.path.insert(0, BENCH)
 sys.path.insert(0, os.path.join(os.path.dirname(BENCH), "support"))
 
 from benchlib import (  # noqa: E402
-    ERROR, GiB, IS_ROOT, MiB, REPO, ROLE, SKIP, VENV_BIN, Ansible, BenchError, Check, Mounts, Row, Sandbox, Timing,
+    ERROR, GiB, IS_ROOT, MiB, REPO, SKIP, VENV_BIN, Ansible, BenchError, Check, Mounts, Row, Sandbox, Timing,
     Variant, agents_account, checks_table, clear_dir, command, extra_links, make_sessions, mem_available,
     populate_volume, run, side_by_side, table, tree_stats,
 )
@@ -51,10 +51,11 @@ START_UNVALIDATED = os.path.join(BENCH, "playbooks", "start_unvalidated.yml")
 NAIVE = os.path.join(BENCH, "baseline", "naive.yml")
 ENGINE_ONCE = os.path.join(BENCH, "engine_once.py")
 PULL_WITHOUT_STALL = os.path.join(BENCH, "pull_without_stall.py")
-SHELL_TEMPLATE = os.path.join(ROLE, "templates", "entrypoint-shell.sh.j2")
 SHELL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+# The interpreter of the zipapp's shebang (Debian's, as in the image), else this one.
+COMMAND_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 FLOOR_NAME = "floor: one ansible.builtin.stat task"
-SECTIONS = ("start", "naive", "engine", "volume", "migrate", "shell", "pull", "checks")
+SECTIONS = ("start", "naive", "engine", "volume", "migrate", "command", "pull", "checks")
 
 # Every row each section prints, in order (the smoke test checks that all of them appear).
 ROW_IDS = {
@@ -63,12 +64,12 @@ ROW_IDS = {
     "engine": ["engine-1000"],
     "volume": ["volume-files", "chown-curve-1", "chown-curve-2", "chown-curve-3"],
     "migrate": ["migrate-xfs", "migrate-samefs", "migrate-samefs-entries"],
-    "shell": ["shell-vs-seed", "shell-flat", "seed-volume-files"],
+    "command": ["command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files"],
     "pull": ["pull", "pull-no-stall", "git-plus-playbook"],
 }
 EXPLAIN_IDS = ["explain-no-argspec", "explain-module-task", "explain-module-process", "explain-links-module-process",
                "explain-links-engine"]
-CHECK_IDS = ["module-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
+CHECK_IDS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
 
 
 @dataclass(frozen=True)
@@ -469,49 +470,51 @@ class Bench:
                 "report: the pre-move scan for sockets/FIFOs lists every directory"),
         ]
 
-    # -- shell flavour ---------------------------------------------------------------------------------------
+    # -- the engine's own command (engine flavour) ----------------------------------------------------------
 
-    def section_shell(self) -> t.List[Row]:
+    def section_command(self) -> t.List[Row]:
         number = self.sizes.volume_files
-        ids = ROW_IDS["shell"]
-        if not os.path.exists(SHELL_TEMPLATE):
-            return [Row(row_id, "rendered shell-flavour entrypoint", target="<= 3x; flat", status=SKIP,
-                        note="not yet available: roles/agor_persistence/templates/entrypoint-shell.sh.j2 missing") for row_id in ids]
         empty = self.sandbox("volume-empty")
         full = self.sandbox("volume-files", volume_size=f"{max(256, number * 5 // 1000)}m")
         if not os.path.exists(os.path.join(full.volume, "worktrees")):
             populate_volume(full.volume, number)
-        scripts = {name: self.render_shell(sandbox) for name, sandbox in (("empty", empty), ("full", full))}
+        starts = {name: self.command_start(sandbox) for name, sandbox in (("empty", empty), ("full", full))}
         seed_empty = Sandbox(os.path.join(self.base, "seed-empty")).mount(self.mounts)
         seed_full = Sandbox(os.path.join(self.base, "seed-files"), volume_size=f"{max(256, number * 5 // 1000)}m").mount(self.mounts)
         populate_volume(seed_full.volume, number)
-        seeds = {"empty": seed_script(seed_empty), "full": seed_script(seed_full)}
-        variants = []
-        for name, script in list(scripts.items()) + [("seed-" + name, path) for name, path in seeds.items()]:
-            action = command(["/bin/sh", script], env=SHELL_ENV)
+        variants = [Variant(name, command(argv)) for name, argv in starts.items()]
+        variants.append(Variant("python", command([COMMAND_PYTHON, "-I", "-c", "pass"])))
+        for name, sandbox in (("seed-empty", seed_empty), ("seed-full", seed_full)):
+            action = command(["/bin/sh", seed_script(sandbox)], env=SHELL_ENV)
             action()  # converge
             variants.append(Variant(name, action))
-        for name, script in scripts.items():
-            err = run(["/bin/sh", script], env=SHELL_ENV).stderr
-            if not re.search(r"\b0 changed\b", err):
-                raise BenchError(f"the shell entrypoint ({name}) still changes something on its second run:\n{err[-1500:]}")
-        measured = side_by_side(variants, self.runs_fast, self.warmup)
         links = len(empty.links())
+        for name, argv in starts.items():
+            out = run(argv).stdout
+            if not out.endswith(f" 0 of {links} link(s) changed\n"):
+                raise BenchError(f"agor-persistence start ({name}) does not find its {links} links in place:\n{out[-1500:]}")
+        measured = side_by_side(variants, self.runs_fast, self.warmup)
+        figure = f"agor-persistence start (engine flavour), {links} links in place"
         return [
-            Row("shell-vs-seed", f"rendered shell-flavour entrypoint, {links} links, empty volume", measured["empty"],
-                "the seed's shell script, same links", measured["seed-empty"], "<= 3x", lambda r: r <= 3.0),
-            Row("shell-flat", f"rendered shell-flavour entrypoint, {count(number)} files in the volume", measured["full"],
-                "same, empty volume", measured["empty"], "<= 1.10x (flat)", lambda r: r <= 1.10),
+            Row("command-vs-python", figure, measured["empty"], "python3 -I -c pass", measured["python"], "<= 2.5x",
+                lambda r: r <= 2.5),
+            Row("command-vs-seed", figure, measured["empty"], "the seed's shell script, same links", measured["seed-empty"],
+                "report"),
+            Row("command-flat", f"agor-persistence start, {count(number)} files in the volume", measured["full"],
+                "same, empty volume", measured["empty"], "<= 1.05x (flat)", lambda r: r <= 1.05),
             Row("seed-volume-files", f"the seed's shell script, {count(number)} files in the volume", measured["seed-full"],
                 "same, empty volume", measured["seed-empty"], "report: grows (chown -R)"),
         ]
 
-    def render_shell(self, sandbox: Sandbox) -> str:
-        render_dir = os.path.join(sandbox.root, "render-shell")
+    def command_start(self, sandbox: Sandbox) -> t.List[str]:
+        """argv of the rendered engine flavour's start step for ``sandbox``: render, then the command as the
+        rendered entrypoint runs it (by its shebang's interpreter, isolated)."""
+        render_dir = os.path.join(sandbox.root, "render-engine")
         self.ansible.run(self.ansible.playbook("agor.persistence.render", "-e", "@" + sandbox.vars_file,
-                                               "-e", "agor_persistence_render_flavour=shell",
+                                               "-e", "agor_persistence_render_flavour=engine",
                                                "-e", f"agor_persistence_render_dir={render_dir}"))
-        return os.path.join(render_dir, "agor-persistence-entrypoint")
+        return [COMMAND_PYTHON, "-I", os.path.join(render_dir, "agor-persistence"), "start",
+                "--params", os.path.join(render_dir, "agor-persistence-params.json")]
 
     # -- ansible-pull ---------------------------------------------------------------------------------------
 
@@ -552,7 +555,7 @@ class Bench:
     # -- checks ------------------------------------------------------------------------------------------------
 
     def section_checks(self) -> t.List[Check]:
-        checks = [self.check_imports()]
+        checks = [self.check_imports(), self.check_command_imports()]
         sandbox = self.sandbox("default")
         out = self.ansible.run(sandbox.start_argv(self.ansible) + ["-vvv"]).stdout
         tasks = re.findall(r"^TASK \[(.*?)\]", out, re.M)
@@ -598,6 +601,32 @@ class Bench:
                      f"beyond ansible.module_utils.basic: {len(ours)} modules of this collection and "
                      f"{others or 'no other module'}; own import time from source {own_us / 1000:.1f} ms"
                      + (f"; UNEXPECTED: {extra}" if extra else ""))
+
+
+    def check_command_imports(self) -> Check:
+        """What agor-persistence imports beyond a bare interpreter (python3 -I -c pass): no Ansible, no PyYAML."""
+        from engine_command import build_command
+
+        sandbox = self.sandbox("default")
+        zipapp = build_command(sandbox.root)
+        params = self.write_json(os.path.join(sandbox.root, "command-params.json"), sandbox.params())
+
+        def imported(argv: t.Sequence[str]) -> t.Dict[str, int]:
+            lines = subprocess.run([COMMAND_PYTHON, "-I", "-X", "importtime", *argv], capture_output=True, text=True,
+                                   check=False).stderr.splitlines()
+            return {line.split("|")[2].strip(): int(line.split("|")[0].split(":")[1]) for line in lines
+                    if line.startswith("import time:") and line.split("|")[0].split(":")[1].strip().isdigit()}
+
+        bare = imported(["-c", "pass"])
+        added = {name: us for name, us in imported([zipapp, "audit", "--params", params]).items() if name not in bare}
+        ours = {name: us for name, us in added.items() if name.startswith("ansible_collections")}
+        others = sorted({name.split(".")[0] for name in added if not name.startswith("ansible_collections")})
+        forbidden = [name for name in others if name in ("ansible", "yaml")]
+        return Check("command-imports", "agor-persistence imports no Ansible and no PyYAML (python3 -X importtime)",
+                     not forbidden,
+                     f"beyond python3 -I -c pass: {len(ours)} modules of this collection ({sum(ours.values()) / 1000:.1f} ms "
+                     f"own import time, bytecode from the zipapp) and the standard library's {', '.join(others)}"
+                     + (f"; UNEXPECTED: {forbidden}" if forbidden else ""))
 
 
 def imported_names() -> t.Set[str]:

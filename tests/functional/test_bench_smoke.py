@@ -24,12 +24,12 @@ ROWS = [
     "engine-1000",
     "volume-files", "chown-curve-1", "chown-curve-2", "chown-curve-3",
     "migrate-xfs", "migrate-samefs", "migrate-samefs-entries",
-    "shell-vs-seed", "shell-flat", "seed-volume-files",
+    "command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files",
     "pull", "pull-no-stall", "git-plus-playbook",
     "explain-no-argspec", "explain-module-task", "explain-module-process", "explain-links-module-process",
     "explain-links-engine",
 ]
-CHECKS = ["module-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
+CHECKS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
 
 
 @pytest.mark.slow

@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``ansible-playbook agor.persistence.render`` writes what a user needs, in both flavours, and every
-shell script the repository ships or renders passes shellcheck."""
+"""``ansible-playbook agor.persistence.render`` writes what a user needs, in both flavours (ansible, engine),
+and every shell script the repository ships or renders passes shellcheck."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shlex
 import stat
@@ -11,12 +13,15 @@ import subprocess
 import sys
 import typing as t
 
+import pytest
 import yaml
 
-from rendering import REPO, module_params, render
+from rendering import REPO, module_params, playbook, render
 
 ENTRYPOINT = "/usr/local/sbin/agor-entrypoint"
 VARS = "/etc/agor/persistence.yml"
+COMMAND = "/opt/agor/bin/agor-persistence"
+PARAMS = "/etc/agor/params.json"
 # Every public variable the image needs, none at its default, so that each is seen to arrive.
 VARIABLES = {
     "agor_persistence_user": "agent",
@@ -31,7 +36,8 @@ VARIABLES = {
     "agor_persistence_seed_store": "/opt/agent-seed",
     "agor_persistence_manage_volume_root": False,
 }
-RENDER_ONLY = {"agor_persistence_entrypoint_path": ENTRYPOINT, "agor_persistence_vars_path": VARS}
+RENDER_ONLY = {"agor_persistence_entrypoint_path": ENTRYPOINT, "agor_persistence_vars_path": VARS,
+               "agor_persistence_command_path": COMMAND, "agor_persistence_params_path": PARAMS}
 
 
 def _instructions(dockerfile: str) -> t.List[str]:
@@ -44,6 +50,11 @@ def _index(lines: t.Sequence[str], fragment: str) -> int:
     found = [index for index, line in enumerate(lines) if fragment in line]
     assert found, f"no line contains {fragment!r}:\n" + "\n".join(lines)
     return found[0]
+
+
+def _lines(path: t.Any) -> t.List[str]:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().splitlines()
 
 
 def _executable(path: str) -> bool:
@@ -91,37 +102,72 @@ def test_ansible_flavour_through_ansible_pull(tmp_path):
     assert "ansible-playbook" not in entry
 
 
-def _shell_data_lines(script: str) -> t.List[t.List[str]]:
-    body = script[script.index("for_each_link() {"):]
-    body = body[:body.index("\n}\n")]
-    return [shlex.split(line)[1:] for line in body.splitlines() if line.strip().startswith('"$@" ')]
-
-
-def test_shell_flavour(tmp_path):
-    files = render(str(tmp_path), "shell", {**VARIABLES, **RENDER_ONLY})
-    assert set(files) == {"Dockerfile.agor-persistence", "agor-persistence-entrypoint"}, "no Python, no variables file"
-
-    docker = _instructions(files["Dockerfile.agor-persistence"])
-    assert not any("pip" in line or "ansible" in line or "python" in line for line in docker)
-    copy = _index(docker, f"COPY agor-persistence-entrypoint {ENTRYPOINT}")
-    build = _index(docker, "RUN ")
-    assert docker[build] == f"RUN AGOR_PERSISTENCE_PHASE=build {ENTRYPOINT}" and copy < build
+def test_engine_flavour(tmp_path):
+    files = set(render(str(tmp_path), "engine", {**VARIABLES, **RENDER_ONLY}, read=False))
+    assert files == {"Dockerfile.agor-persistence", "agor-persistence-entrypoint", "agor-persistence-params.json",
+                     "agor-persistence"}, "no variables file, no collection: the command and its parameters"
+    with open(tmp_path / "Dockerfile.agor-persistence", encoding="utf-8") as handle:
+        docker = _instructions(handle.read())
+    assert docker[0] == "USER root"
+    assert not any("pip" in line or "ansible" in line for line in docker), "the engine flavour needs no Ansible"
+    install = _index(docker, "apt-get install")
+    assert docker[install].split("--no-install-recommends ")[1].split("&&")[0].split() == ["python3-minimal", "libpython3.11-stdlib"]
+    assert "rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin" in docker[install], "apt's caches go in the same layer"
+    copies = [_index(docker, f"COPY agor-persistence {COMMAND}"), _index(docker, f"COPY agor-persistence-params.json {PARAMS}"),
+              _index(docker, f"COPY agor-persistence-entrypoint {ENTRYPOINT}")]
+    build = _index(docker, f"RUN {COMMAND} build --params {PARAMS}")
+    assert install < min(copies) and max(copies) < build
     assert docker[-1] == f'ENTRYPOINT ["{ENTRYPOINT}"]'
 
-    script = files["agor-persistence-entrypoint"]
-    assert script.startswith("#!/bin/sh\n") and _executable(tmp_path / "agor-persistence-entrypoint")
-    links = module_params(VARIABLES, "present")["links"]
-    assert _shell_data_lines(script) == [
-        [link["path"], link["target"], link["kind"], link["owner"], link["group"], link.get("initial_content", "")]
-        for link in links
-    ], "one data line per link the module would get, in order"
-    for line in ("VOLUME=/data/agent-state", "SEED_STORE=/opt/agent-seed", "REQUIRE_MOUNT=false", "MANAGE_VOLUME_ROOT=false",
-                 "CONFLICT=fail", "RUN_USER=agent", "RUN_GROUP=agents", "RUN_HOME=/srv/agent"):
-        assert f"\n{line}\n" in script
-    tail = script[script.rindex("case ${AGOR_PERSISTENCE_PHASE:-start} in"):]
-    assert tail.index("run_phase present") < tail.index('run_command "$@"'), "start, then the command"
-    assert 'exec setpriv --reuid="$RUN_USER" --regid="$RUN_GROUP" --init-groups -- "$@"' in script
-    assert "chown -R" not in script.replace('chown -R -h -- "$uid:$gid" "$copy"', ""), "no recursive chown but of a fresh copy"
+    entry = _lines(tmp_path / "agor-persistence-entrypoint")
+    start = entry.index(f"{COMMAND} start --params {PARAMS}")
+    assert start < _index(entry, "exec setpriv --reuid=agent --regid=agents --init-groups -- \"$@\"")
+    assert _executable(tmp_path / "agor-persistence-entrypoint") and _executable(tmp_path / "agor-persistence")
+    with open(tmp_path / "agor-persistence", "rb") as handle:
+        assert handle.readline() == b"#!/usr/bin/python3 -I\n"
+
+    with open(tmp_path / "agor-persistence-params.json", encoding="utf-8") as handle:
+        params = json.load(handle)
+    assert params == {key: value for key, value in module_params(VARIABLES, "present").items() if key != "state"}, (
+        "the module's parameters but the state, which each subcommand sets")
+
+
+def test_engine_flavour_without_python_packages(tmp_path):
+    render(str(tmp_path), "engine", {"agor_persistence_engine_packages": []}, read=False)
+    with open(tmp_path / "Dockerfile.agor-persistence", encoding="utf-8") as handle:
+        assert "apt-get" not in handle.read(), "an image with python3 installs nothing"
+
+
+def test_rendering_twice_gives_the_same_command(tmp_path):
+    """The zipapp is reproducible: rendered again (another directory, later), the same bytes."""
+    digests = []
+    for name in ("first", "second"):
+        render(str(tmp_path / name), "engine", read=False)
+        with open(tmp_path / name / "agor-persistence", "rb") as handle:
+            digests.append(hashlib.sha256(handle.read()).hexdigest())
+    assert digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("flavour", ["ansible", "engine"])
+def test_the_images_own_entrypoint_and_command_run_after_the_start_step(tmp_path, flavour):
+    """Agor's production image: ENTRYPOINT ["docker-entrypoint-prod.sh"], no CMD."""
+    render(str(tmp_path), flavour, {"agor_persistence_image_entrypoint": ["docker-entrypoint-prod.sh", "--it's"],
+                                    "agor_persistence_image_command": ["serve", "--port=3030"]}, read=False)
+    entry = _lines(tmp_path / "agor-persistence-entrypoint")
+    prepend = entry.index("set -- docker-entrypoint-prod.sh '--it'\"'\"'s' \"$@\"")
+    step = _index(entry, "agor-persistence start" if flavour == "engine" else "ansible-playbook agor.persistence.start")
+    assert prepend < step < _index(entry, "exec setpriv")
+    with open(tmp_path / "Dockerfile.agor-persistence", encoding="utf-8") as handle:
+        docker = _instructions(handle.read())
+    assert docker[-2:] == ['ENTRYPOINT ["/usr/local/bin/agor-persistence-entrypoint"]', 'CMD ["serve", "--port=3030"]']
+
+
+def test_the_removed_shell_flavour_names_its_replacement(tmp_path):
+    proc = playbook("render", {"agor_persistence_render_flavour": "shell", "agor_persistence_render_dir": str(tmp_path)},
+                    check=False)
+    assert proc.returncode != 0
+    assert "the shell flavour was removed: render with agor_persistence_render_flavour=engine" in proc.stdout, proc.stdout
+    assert not os.listdir(tmp_path), "nothing rendered"
 
 
 # -- shellcheck -------------------------------------------------------------------------------------
@@ -152,11 +198,13 @@ def test_every_shell_script_passes_shellcheck(tmp_path):
     for name, flavour, variables in [
         ("ansible-defaults", "ansible", {}),
         ("ansible-pull", "ansible", {"agor_persistence_pull_url": "file:///srv/agor.persistence"}),
-        ("shell-defaults", "shell", {}),
-        ("shell-custom", "shell", {**VARIABLES, "agor_persistence_home": "/srv/it's a home",
-                                   "agor_persistence_volume": "/srv/it's a home/state"}),
+        ("engine-defaults", "engine", {}),
+        ("engine-custom", "engine", {**VARIABLES, "agor_persistence_home": "/srv/it's a home",
+                                     "agor_persistence_volume": "/srv/it's a home/state",
+                                     "agor_persistence_params_path": "/etc/it's/params.json",
+                                     "agor_persistence_image_entrypoint": ["docker-entrypoint-prod.sh", "it's"]}),
     ]:
-        render(str(tmp_path / name), flavour, variables)
+        render(str(tmp_path / name), flavour, variables, read=False)
         rendered.append(str(tmp_path / name / "agor-persistence-entrypoint"))
     scripts = rendered + _repository_shell_scripts()
     assert any(path.endswith("scripts/test") for path in scripts)

@@ -34,13 +34,15 @@ def playbook(name: str, variables: t.Mapping[str, t.Any], check: bool = True) ->
     return proc
 
 
-def render(dest: str, flavour: str, variables: t.Mapping[str, t.Any] = None) -> t.Dict[str, str]:
-    """Render one flavour into ``dest``; return every rendered file's text by name."""
+def render(dest: str, flavour: str, variables: t.Mapping[str, t.Any] = None, read: bool = True) -> t.Dict[str, str]:
+    """Render one flavour into ``dest``; return every rendered file's text by name (``read=False``: its path)."""
     playbook("render", dict(variables or {}, agor_persistence_render_flavour=flavour, agor_persistence_render_dir=str(dest)))
     files = {}
     for name in sorted(os.listdir(dest)):
-        with open(os.path.join(dest, name), encoding="utf-8") as handle:
-            files[name] = handle.read()
+        files[name] = os.path.join(dest, name)
+        if read:
+            with open(files[name], encoding="utf-8") as handle:
+                files[name] = handle.read()
     return files
 
 
