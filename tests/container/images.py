@@ -70,26 +70,22 @@ def collection_tarball(dest: str) -> str:
     return os.path.join(dest, tarball)
 
 
-def render_context(dest: str, flavour: str, variables: t.Mapping[str, t.Any] = ()) -> str:
-    """A build context as the README makes it: the rendered files plus the collection tarball."""
+def render_context(dest: str, flavour: str) -> str:
+    """A build context as the README makes it: the rendered files (told the Agor-like image's own
+    entrypoint, which the rendered one runs after the start step), plus the collection tarball the
+    ansible flavour installs."""
     from rendering import render
 
-    render(dest, flavour, dict(variables))
-    collection_tarball(dest)
+    render(dest, flavour, {"agor_persistence_image_entrypoint": [AGOR_ENTRYPOINT]}, read=False)
+    if flavour == "ansible":
+        collection_tarball(dest)
     return dest
 
 
 def user_dockerfile(snippet: t.Optional[str], release: int) -> str:
-    """The user's Dockerfile: the Agor-like image, a release line, then the snippet (none: the control).
-
-    The rendered snippet ends with its own ENTRYPOINT, which resets the inherited command; the
-    Agor-like image has none, so the image's entrypoint goes back in as the command.
-    """
+    """The user's Dockerfile: the Agor-like image, a release line, then the snippet (none: the control)."""
     lines = [f"FROM {AGOR}", "USER root", f'RUN echo "release {release}" > /etc/agor-release']
-    if snippet is None:
-        lines.append("USER agor")
-    else:
-        lines += [snippet.rstrip("\n"), f'CMD ["{AGOR_ENTRYPOINT}"]']
+    lines.append("USER agor" if snippet is None else snippet.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

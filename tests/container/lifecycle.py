@@ -5,6 +5,7 @@ namespace."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import typing as t
@@ -19,8 +20,7 @@ VOLUME = f"{HOME}/.agor"
 # Agor runs the agents in worktrees kept in its volume: the same real path after every restart.
 WORKTREE = f"{VOLUME}/worktrees/demo"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-API_PORT = 8765
-API_URL = f"http://127.0.0.1:{API_PORT}"
+API_PORT = 8761  # the first agent's fake model API; the others follow
 READY = "agor daemon ready"  # printed by the Agor-like image's daemon once its entrypoint has run
 # What the suite measured (image sizes, build and start seconds), printed at the end of the session.
 MEASURED: t.Dict[str, t.Any] = {}
@@ -38,9 +38,12 @@ class Flavour:
 
 ANSIBLE_BIN = "/opt/agor-persistence/bin"
 ANSIBLE_VARS = ("-e", "@/etc/agor-persistence/vars.yml")
+ENGINE_PARAMS = ("--params", "/etc/agor-persistence/params.json")
 FLAVOURS = {
     "ansible": Flavour("ansible", start=(f"{ANSIBLE_BIN}/ansible-playbook", "agor.persistence.start", *ANSIBLE_VARS),
                        audit=(f"{ANSIBLE_BIN}/ansible-playbook", "agor.persistence.audit", *ANSIBLE_VARS)),
+    "engine": Flavour("engine", start=("agor-persistence", "start", *ENGINE_PARAMS),
+                      audit=("agor-persistence", "audit", *ENGINE_PARAMS)),
 }
 
 
@@ -80,24 +83,13 @@ def restart(container: Container) -> None:
     container.wait_for_log(READY, occurrences=seen + 1)
 
 
-def user_env(agent: Agent) -> t.Dict[str, str]:
-    return {"HOME": HOME, "PATH": PATH, "NO_COLOR": "1", **agent.env(API_URL)}
-
-
-def write_config(container: Container, agent: Agent) -> None:
-    """The agent's configuration for the fake API, written as agor (through the links, if any)."""
-    for rel, content in agent.files(API_URL).items():
-        container.exec(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh", f"{HOME}/{rel}", content],
-                       user="agor")
-
-
 @dataclass
 class Turn:
     agent: str
     returncode: int
     stdout: str
     stderr: str
-    context_seen: bool  # a model request of this turn carried the marker text
+    context_seen: bool  # a model request of this turn carried the first turn's user text
     session: str = ""
 
 
@@ -106,37 +98,43 @@ def marker(agent: Agent) -> str:
     return f"Remember the code word lantern-{agent.name}-7319."
 
 
-def run_turn(container: Container, api: FakeModelAPI, agent: Agent, argv: t.Sequence[str], expected: str) -> Turn:
-    write_config(container, agent)
-    before = len(api.requests)
-    proc = container.exec(["timeout", "180", *argv], user="agor", env=user_env(agent), workdir=WORKTREE,
-                          check=False, timeout=240)
-    seen = any(expected in request.body for request in api.requests[before:] if request.method == "POST")
+def run_turn(container: Container, agent: Agent, argv: t.Sequence[str], port: int) -> Turn:
+    """One CLI command as agor in the worktree, against a fake model API of its own on ``port`` in the
+    container's network namespace (its configuration written first)."""
+    url = f"http://127.0.0.1:{port}"
+    for rel, content in agent.files(url).items():
+        container.exec(["sh", "-c", 'mkdir -p "$(dirname "$1")" && printf %s "$2" > "$1"', "sh", f"{HOME}/{rel}", content],
+                       user="agor")
+    with FakeModelAPI(port, netns=container.netns) as api:
+        proc = container.exec(["timeout", "180", *argv], user="agor", workdir=WORKTREE, check=False, timeout=240,
+                              env={"HOME": HOME, "PATH": PATH, "NO_COLOR": "1", **agent.env(url)})
+        seen = any(marker(agent) in request.body for request in api.requests if request.method == "POST")
     return Turn(agent.name, proc.returncode, proc.stdout, proc.stderr, seen)
 
 
+def each_agent(container: Container, argv: t.Callable[[Agent], t.Sequence[str]]) -> t.Dict[str, Turn]:
+    """``argv(agent)`` for the five CLIs at once (each mostly waits on its own start-up and files)."""
+    with concurrent.futures.ThreadPoolExecutor(len(AGENTS)) as pool:
+        futures = {agent.name: pool.submit(run_turn, container, agent, argv(agent), API_PORT + index)
+                   for index, agent in enumerate(AGENTS)}
+        return {name: future.result() for name, future in futures.items()}
+
+
 def first_turns(container: Container) -> t.Dict[str, Turn]:
-    """Each CLI's first turn, as agor in the worktree; the turn's session id recorded."""
+    """Each CLI's first turn; each must complete against the fake API, and its session id is kept."""
     container.exec(["mkdir", "-p", WORKTREE], user="agor")
-    turns = {}
-    with FakeModelAPI(API_PORT, netns=container.netns) as api:
-        for agent in AGENTS:
-            turn = run_turn(container, api, agent, agent.argv(marker(agent)), marker(agent))
-            assert turn.returncode == 0 and turn.context_seen, f"{agent.name}: first turn failed:\n{turn.stdout[-2000:]}\n{turn.stderr[-2000:]}"
-            turn.session = agent.session_id(turn.stdout)
-            turns[agent.name] = turn
+    turns = each_agent(container, lambda agent: agent.argv(marker(agent)))
+    for agent in AGENTS:
+        turn = turns[agent.name]
+        assert turn.returncode == 0 and turn.context_seen, f"{agent.name}: first turn failed:\n{turn.stdout[-2000:]}\n{turn.stderr[-2000:]}"
+        turn.session = agent.session_id(turn.stdout)
     return turns
 
 
 def resumes(container: Container, sessions: t.Mapping[str, str]) -> t.Dict[str, Turn]:
     """Each CLI resumes its session with a new question; ``context_seen`` when the request the fake API
     got carried the first turn's user text."""
-    turns = {}
-    with FakeModelAPI(API_PORT, netns=container.netns) as api:
-        for agent in AGENTS:
-            turns[agent.name] = run_turn(container, api, agent, agent.resume_argv(sessions[agent.name], "Which code word?"),
-                                         marker(agent))
-    return turns
+    return each_agent(container, lambda agent: agent.resume_argv(sessions[agent.name], "Which code word?"))
 
 
 def claude_user_id(container: Container) -> t.Optional[str]:
