@@ -24,9 +24,11 @@ import time
 import typing as t
 
 PODMAN = "podman"
-# Directories podman writes outside its configured state even so (field notes); removed at close
-# when they did not exist before the suite started.
-HOST_DIRS = ("/run/containers", "/var/lib/containers/cache", "/run/netns")
+# What podman writes outside its configured state even so (field notes), deepest first. Every podman
+# on the host shares these: they are removed at close (and reported if left) when they did not exist
+# before the suite started and no other podman is running.
+HOST_DIRS = ("/var/lib/containers/cache", "/var/lib/containers", "/run/containers/networks", "/run/containers", "/run/netns")
+ENGINE_COMMANDS = ("podman", "conmon", "buildah", "netavark", "aardvark-dns")
 
 
 class PodmanError(subprocess.CalledProcessError):
@@ -139,16 +141,16 @@ class Podman:
                 if mount_point.startswith(self.state_dir.rstrip("/") + "/"):
                     subprocess.run(["umount", "-l", mount_point], check=False, capture_output=True)
             shutil.rmtree(self.state_dir, ignore_errors=True)
+        if _other_engine_running(self.state_dir):
+            return
         for path in HOST_DIRS:
-            if path not in self._host_dirs_before and os.path.isdir(path) and not os.listdir(path):
-                subprocess.run(["umount", path], check=False, capture_output=True)  # /run/netns is a bind mount
+            if path in self._host_dirs_before or not os.path.isdir(path):
+                continue
+            if path.endswith("/cache"):  # image metadata only (blob-info-cache)
                 shutil.rmtree(path, ignore_errors=True)
-        cache = "/var/lib/containers/cache"
-        if cache not in self._host_dirs_before and os.path.isdir(cache):
-            shutil.rmtree(cache, ignore_errors=True)
-            for parent in ("/var/lib/containers",):
-                if os.path.isdir(parent) and not os.listdir(parent):
-                    os.rmdir(parent)
+            elif not os.listdir(path):
+                subprocess.run(["umount", path], check=False, capture_output=True)  # /run/netns is a bind mount
+                os.rmdir(path)
 
     def leftovers(self) -> t.List[str]:
         """Everything of the suite's that is still on the host after ``close()``: empty when clean."""
@@ -156,15 +158,28 @@ class Podman:
         if os.path.exists(self.state_dir):
             found.append(f"state directory {self.state_dir}")
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
-            found += [f"mount {line.split()[4]}" for line in handle
-                      if self.state_dir in line.split()[4] or "/run/netns/" in line.split()[4]]
+            found += [f"mount {line.split()[4]}" for line in handle if self.state_dir in line.split()[4]]
         found += [f"network namespace /run/netns/{name}" for name in sorted(_netns_entries() - self._netns_before)]
         found += [f"firewall chain {chain}" for chain in sorted(_firewall_chains() - self._chains_before)]
-        for path in HOST_DIRS:
-            if path not in self._host_dirs_before and os.path.exists(path):
-                found.append(f"host directory {path}")
+        if not _other_engine_running(self.state_dir):
+            found += [f"host directory {path}" for path in HOST_DIRS if path not in self._host_dirs_before and os.path.exists(path)]
         found += [f"process {pid}" for pid in _processes_using(self.state_dir)]
         return found
+
+
+def _other_engine_running(state_dir: str) -> bool:
+    """Whether a podman (or its helpers) not of this state directory runs on the host."""
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            with open(comm, encoding="utf-8") as handle:
+                name = handle.read().strip()
+            if name in ENGINE_COMMANDS:
+                with open(comm[:-len("comm")] + "cmdline", "rb") as handle:
+                    if state_dir.encode() not in handle.read():
+                        return True
+        except OSError:
+            continue
+    return False
 
 
 def _processes_using(state_dir: str) -> t.List[str]:
