@@ -11,7 +11,6 @@ it needs nothing but Python's standard library.  Its result is agent_state_link'
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import typing as t
@@ -29,25 +28,35 @@ DEFAULT_PARAMS = "/etc/agor-persistence/params.json"
 
 # Each subcommand: the module's state, whether it only looks (check mode), and its help line.
 SUBCOMMANDS = {
-    "build": ("prepared", False, "image build: link the paths (dangling until the volume is mounted), keep what "
-                                 "the image holds there in the seed store"),
-    "start": ("present", False, "container start, as root: link every path into the mounted volume, migrating "
-                                "what stands there"),
-    "audit": ("present", True, "compare every path with its link, changing nothing; one line per drifted path"),
-    "rollback": ("absent", False, "make every linked path a real directory or file again, holding a copy of its "
-                                  "target (the volume keeps its copy)"),
+    "build": ("prepared", False, "image build: paths become links, what the image holds there goes to the seed store"),
+    "start": ("present", False, "container start, as root: link every path into the volume, migrating what is there"),
+    "audit": ("present", True, "check mode: change nothing, print one line per drifted path"),
+    "rollback": ("absent", False, "make each linked path a real directory or file again, holding a copy of its target"),
 }
 
-EPILOG = f"""\
-The parameters file holds agent_state_link's parameters as JSON (the role's render writes it);
-the subcommand sets their state.
+COMMANDS_HELP = "\n".join(f"  {name:<9} ({state}) {text}" for name, (state, _audit, text) in SUBCOMMANDS.items())
+USAGE = "usage: agor-persistence {build,start,audit,rollback} [--params FILE] [--check] [--diff] [--json FILE]"
+
+HELP = f"""\
+{USAGE}
+
+Keep AI coding agents' state paths linked into the persistent volume (the agor.persistence engine).
+
+commands:
+{COMMANDS_HELP}
+
+options:
+  --params FILE  agent_state_link's parameters as JSON, as the role's render writes them
+                 (default {DEFAULT_PARAMS}); the command sets their state
+  --check        change nothing, report what would change (audit always does)
+  --diff         also print each changed link's before and after
+  --json FILE    write agent_state_link's result to FILE (on failure {{"failed": true, "msg": ...}})
+  -h, --help     show this help
 
 output:
   stdout  one line per link that changed (with --check: would change), "<path>: <actions>",
-          then a summary; audit prints one line per drifted path instead; --diff adds each
-          changed link's before and after
+          then a summary; audit prints one line per drifted path instead
   stderr  warnings, and the reason of a failure
-  --json FILE  writes agent_state_link's result (on failure {{"failed": true, "msg": ...}})
 
 exit codes:
   {EXIT_OK}  done (audit: nothing drifted)
@@ -56,27 +65,46 @@ exit codes:
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> t.NoReturn:
-        """Usage errors exit 1 like every other error: 2 means drift."""
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n")
+class UsageError(Exception):
+    pass
 
 
-def parser() -> argparse.ArgumentParser:
-    root = _Parser(prog="agor-persistence", description="Keep AI coding agents' state paths linked into the persistent "
-                   "volume (the agor.persistence engine).", epilog=EPILOG,
-                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
-    for name, (state, _audit, help_text) in SUBCOMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=f"{help_text} (state={state}).", epilog=EPILOG,
-                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-        command.add_argument("--params", metavar="FILE", default=DEFAULT_PARAMS,
-                             help=f"agent_state_link's parameters as JSON (default {DEFAULT_PARAMS})")
-        command.add_argument("--check", action="store_true", help="change nothing, report what would change")
-        command.add_argument("--diff", action="store_true", help="print each changed link's before and after")
-        command.add_argument("--json", metavar="FILE", help="write agent_state_link's result to FILE")
-    return root
+class Options(t.NamedTuple):
+    command: str
+    params: str
+    check: bool
+    diff: bool
+    json: t.Optional[str]
+
+
+def parse(argv: t.Sequence[str]) -> t.Optional[Options]:
+    """The command line, or None for --help.  By hand: argparse (with gettext) took a quarter of a start's CPU time."""
+    args = list(argv)
+    found: t.Dict[str, t.Any] = {"command": None, "params": DEFAULT_PARAMS, "check": False, "diff": False, "json": None}
+    while args:
+        arg = args.pop(0)
+        name, equals, value = arg[2:].partition("=")
+        if arg in ("-h", "--help"):
+            return None
+        if arg in ("--check", "--diff"):
+            found[name] = True
+        elif name in ("params", "json") and arg.startswith("--"):
+            if not equals:
+                if not args:
+                    raise UsageError(f"{arg} needs a FILE")
+                value = args.pop(0)
+            found[name] = value
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown option {arg}")
+        elif found["command"] is not None:
+            raise UsageError(f"unexpected argument {arg!r}")
+        elif arg not in SUBCOMMANDS:
+            raise UsageError(f"unknown command {arg!r} (choose from {', '.join(SUBCOMMANDS)})")
+        else:
+            found["command"] = arg
+    if found["command"] is None:
+        raise UsageError(f"give a command: {', '.join(SUBCOMMANDS)}")
+    return Options(**found)
 
 
 def load_params(path: str, state: str) -> t.Dict[str, t.Any]:
@@ -118,7 +146,15 @@ def report_lines(command: str, result: t.Mapping[str, t.Any], volume: str, check
 
 
 def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    """Run the command line (``sys.argv[1:]`` by default); return the exit code."""
+    try:
+        args = parse(sys.argv[1:] if argv is None else argv)
+    except UsageError as exc:
+        print(f"{USAGE}\nagor-persistence: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if args is None:
+        print(HELP, end="")
+        return EXIT_OK
     state, audit, _help = SUBCOMMANDS[args.command]
     check_mode = audit or args.check
     try:
@@ -139,7 +175,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     return EXIT_DRIFT if audit and result["changed"] else EXIT_OK
 
 
-def _fail(args: argparse.Namespace, message: str) -> int:
+def _fail(args: Options, message: str) -> int:
     print(f"agor-persistence {args.command}: {message}", file=sys.stderr)
     try:
         _write_json(args.json, {"failed": True, "msg": message})

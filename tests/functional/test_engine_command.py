@@ -43,7 +43,7 @@ def test_help_documents_output_and_exit_codes(command):
     proc = subprocess.run([*PYTHON, command, "--help"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0
     for subcommand in ("build", "start", "audit", "rollback"):
-        assert f"    {subcommand} " in proc.stdout
+        assert f"\n  {subcommand} " in proc.stdout
     for line in ("0  done (audit: nothing drifted)", "1  error:", "2  audit only: at least one path drifted"):
         assert line in proc.stdout
 
@@ -123,7 +123,7 @@ def test_refusals_name_the_problem_and_change_nothing(command, tree, workdir):
     proc, _result = run_command(command, "start", "--params", os.path.join(workdir, "missing.json"))
     assert proc.returncode == 1 and "--params: cannot read" in proc.stderr
     proc, _result = run_command(command, "restart")
-    assert proc.returncode == 1 and "invalid choice: 'restart'" in proc.stderr, "usage errors are 1, not 2 (drift)"
+    assert proc.returncode == 1 and "unknown command 'restart'" in proc.stderr, "usage errors are 1, not 2 (drift)"
     assert tree.user_view() == before
 
 

@@ -46,7 +46,7 @@ def installed(tmp_path_factory):
                      "tests/output/", ".ci/", "demo/", "scripts/"):
         assert not [m for m in members if m.startswith(unwanted)], f"{unwanted} shipped in the tarball"
     for wanted in ("MANIFEST.json", "FILES.json", "plugins/modules/agent_state_link.py", "meta/runtime.yml", "README.md",
-                   "LICENSE", "CHANGELOG.md", "changelogs/changelog.yaml"):
+                   "LICENSE", "CHANGELOG.md", "changelogs/changelog.yaml", "roles/agor_persistence/files/build_engine_command.py"):
         assert wanted in members, f"{wanted} missing from the tarball"
 
     venv = tmp / "venv"
@@ -135,11 +135,16 @@ def test_playbooks_run_by_fqcn_from_the_installed_copy(installed):
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert report.is_file()
 
-    specs = yaml.safe_load(open(os.path.join(REPO, "roles", "agor_persistence", "meta", "argument_specs.yml")))["argument_specs"]
-    flavours = specs["render"]["options"]["agor_persistence_render_flavour"]["choices"]
+    with open(os.path.join(REPO, "roles", "agor_persistence", "vars", "main.yml"), encoding="utf-8") as handle:
+        flavours = yaml.safe_load(handle)["__agor_persistence_render_flavours"]
     for flavour in flavours:
         dest = sandbox / f"render-{flavour}"
         playbook("render", "-e", f"agor_persistence_render_dir={dest}", "-e", f"agor_persistence_render_flavour={flavour}")
         assert os.access(dest / "agor-persistence-entrypoint", os.X_OK)
         assert (dest / "Dockerfile.agor-persistence").is_file()
     assert glob.glob(str(sandbox / "render-ansible" / "agor-persistence-vars.yml"))
+    # The engine flavour's command, built from the installed collection's module_utils, audits the started sandbox.
+    engine = sandbox / "render-engine"
+    audit = run([sys.executable, "-I", "-S", str(engine / "agor-persistence"), "audit", "--params",
+                 str(engine / "agor-persistence-params.json")])
+    assert audit.stdout.endswith(" clean, 7 link(s)\n"), audit.stdout
