@@ -42,13 +42,13 @@ def image_entrypoint_runs(container: Container) -> None:
 
 def measure_start_step(container: Container, flavour: str) -> None:
     """The start step by hand in the running container (links in place), against ``podman exec true``."""
+    def seconds(argv: t.Sequence[str]) -> float:
+        started = time.monotonic()
+        container.exec(argv)
+        return time.monotonic() - started
+
     def median_seconds(argv: t.Sequence[str]) -> float:
-        times = []
-        for _ in range(3):
-            started = time.monotonic()
-            container.exec(argv)
-            times.append(time.monotonic() - started)
-        return round(statistics.median(times), 3)
+        return round(statistics.median([seconds(argv), seconds(argv), seconds(argv)]), 3)
 
     MEASURED[f"start step in the container, {flavour}"] = {
         "podman exec true (s)": median_seconds(["true"]),
