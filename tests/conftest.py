@@ -45,6 +45,7 @@ from agent_tree import Tree, reachable  # noqa: E402
 def pytest_configure(config):
     """Register the markers pytest.ini declares, for `ansible-test units` (which ignores pytest.ini)."""
     config.addinivalue_line("markers", "slow: long-running test (large trees, many processes)")
+    config.addinivalue_line("markers", "container: needs a real container engine (rootful podman; tests/container)")
 
 
 @pytest.fixture
