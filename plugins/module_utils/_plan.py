@@ -310,7 +310,7 @@ class Planner:
                 if is_target:
                     plan.target_before = entry
                 wanted = Kind(link.kind) if is_target else Kind.DIRECTORY
-                if entry.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, fd), part):
+                if is_target and entry.kind in (Kind.DIRECTORY, Kind.FILE) and _fs.is_mount_point_at(t.cast(int, fd), part):
                     raise AgentStateLinkError(
                         f"{link.field_name('target')}: {current} is a mount point; a target must be an ordinary entry of the "
                         "volume (mount the volume at or above the target's parent instead)"

@@ -308,12 +308,13 @@ class Sandbox:
     agents: t.Optional[t.List[str]] = None      # None: the role's default, every registered agent
     extra_links: t.List[t.Dict[str, t.Any]] = field(default_factory=list)
     volume_size: str = "256m"
+    account: t.Optional[t.Tuple[str, str]] = None  # (user, group); None: agents_account()
 
     def __post_init__(self) -> None:
         self.home = os.path.join(self.root, "home", "agor")
         self.volume = os.path.join(self.home, ".agor")
         self.seed_store = os.path.join(self.root, "seed")
-        self.user, self.group = agents_account()
+        self.user, self.group = self.account or agents_account()
         os.makedirs(self.volume)
         shutil.chown(self.home, self.user, self.group)  # as in an image: the agents' account owns its home
         # The image's defaults, as agor.persistence.build keeps them: copied into empty targets once.

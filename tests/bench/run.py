@@ -61,7 +61,7 @@ SECTIONS = ("start", "naive", "engine", "volume", "migrate", "command", "pull", 
 ROW_IDS = {
     "start": ["start-default", "start-5", "start-50", "start-500"],
     "naive": ["naive-4", "naive-many"],
-    "engine": ["engine-1000"],
+    "engine": ["engine-1000", "engine-fork"],
     "volume": ["volume-files", "chown-curve-1", "chown-curve-2", "chown-curve-3"],
     "migrate": ["migrate-xfs", "migrate-samefs", "migrate-samefs-entries"],
     "command": ["command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files"],
@@ -266,9 +266,26 @@ class Bench:
             if index or not self.warmup:
                 walls.append(elapsed)
                 cpus.append(cpu)
-        return [Row("engine-1000", f"module engine alone (run(), no Ansible), {number} links already correct",
+        rows = [Row("engine-1000", f"module engine alone (run(), no Ansible), {number} links already correct",
                     Timing(statistics.median(walls), statistics.median(cpus)), target="<= 50 ms", check=lambda s: s <= 0.050,
                     note=f"CPU {statistics.median(cpus) * 1000:.1f} ms")]
+        return rows + [self.engine_fork()]
+
+    def engine_fork(self) -> Row:
+        """What privilege separation costs a start: the engine, in a process of its own, over the
+        default links owned by the agents' account (one child process that drops to it) against the
+        same links owned by root (no child process)."""
+        if not IS_ROOT:
+            return Row("engine-fork", "engine process, default links, owned by the agents' account", status=SKIP,
+                       note="needs root (the owner must differ from the running user)")
+        account = self.sandbox("default")
+        as_root = self.sandbox("default-root", account=("root", "root"))
+        variants = [Variant(name, self.engine_process(self.write_json(os.path.join(self.base, f"{name}.json"), sandbox.params())))
+                    for name, sandbox in (("account", account), ("root", as_root))]
+        measured = side_by_side(variants, self.runs_fast, self.warmup)
+        links = len(account.links())
+        return Row("engine-fork", f"engine process, {links} links in place, owned by the agents' account (one child drops to it)",
+                   measured["account"], "same, owned by root (no child process)", measured["root"], "report")
 
     # -- a full volume ---------------------------------------------------------------------------------
 
