@@ -45,9 +45,10 @@ def conflicts(plan: P.TerritoryPlan) -> t.List[t.Dict[str, str]]:
 
 
 def territory_report(plan: P.TerritoryPlan, warnings: t.Sequence[str]) -> t.Dict[str, t.Any]:
-    """One account's part of the module result, as JSON data (it crosses from the account's process)."""
+    """One account's part of the module result, as JSON data (it crosses from the account's process;
+    ``report`` makes its names printable once, for all accounts)."""
     backups = any(link_plan.conflicts() for link_plan in plan.links)
-    return printable({
+    return ({
         "links": [_link_record(link_plan) for link_plan in plan.links],
         "diff": {str(link_plan.link.index): _link_diff(link_plan, plan.job.state) for link_plan in plan.links if link_plan.changed},
         "backup_dir": plan.backup_dir if backups else None,
