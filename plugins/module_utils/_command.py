@@ -120,14 +120,17 @@ def load_params(path: str, state: str) -> t.Dict[str, t.Any]:
     return dict(params, state=state)
 
 
-def diff_lines(diff: t.Sequence[t.Mapping[str, t.Any]]) -> t.List[str]:
-    """The result's diff (path and target of each changed link, before and after) in unified style."""
+def diff_lines(diff: t.Sequence[t.Mapping[str, str]]) -> t.List[str]:
+    """The result's diff, as ansible-playbook --diff shows it: per changed link, its before and
+    after text line by line in unified style, then one line per entry moved, backed up, dropped or
+    created."""
     lines = []
     for entry in diff:
         lines += [f"--- {entry['before_header']}", f"+++ {entry['after_header']}"]
-        for key in entry["after"]:
-            before, after = entry["before"].get(key), entry["after"][key]
-            lines += [f" {key}: {after}"] if before == after else [f"-{key}: {before}", f"+{key}: {after}"]
+        before, after = entry["before"].splitlines(), entry["after"].splitlines()
+        for old, new in zip(before, after):  # the same fields, in the same order
+            lines += [f" {new}"] if old == new else [f"-{old}", f"+{new}"]
+        lines += entry.get("prepared", "").splitlines()
     return lines
 
 

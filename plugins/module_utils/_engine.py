@@ -22,7 +22,7 @@ from ansible_collections.agor.persistence.plugins.module_utils import _bookkeepi
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
 from ansible_collections.agor.persistence.plugins.module_utils import _plan as P
 from ansible_collections.agor.persistence.plugins.module_utils._apply import Executor
-from ansible_collections.agor.persistence.plugins.module_utils._privsep import Account, run_as
+from ansible_collections.agor.persistence.plugins.module_utils._privsep import Account, dropped_privileges, run_as
 from ansible_collections.agor.persistence.plugins.module_utils._report import conflicts, report, territory_report
 from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     META_DIR_NAME,
@@ -384,6 +384,6 @@ def describe_os_error(exc: OSError) -> str:
     }
     cause = causes.get(exc.errno or 0, exc.strerror or str(exc))
     where = f" at {exc.filename}" if exc.filename else ""
-    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0:
+    if exc.errno in (errno.EACCES, errno.EPERM) and os.geteuid() != 0 and not dropped_privileges():
         where += f" (running as uid {os.geteuid()}: run the start step as root, e.g. RAILWAY_RUN_UID=0 on Railway)"
     return f"{cause}{where}; everything not yet in the volume is still at its path, fix the cause and rerun ({exc})"

@@ -105,8 +105,17 @@ def _child(account: Account, groups: t.List[int], function: t.Callable[[], t.Any
         os._exit(code)
 
 
+_DROPPED = []  # set in a child once it has dropped (see dropped_privileges)
+
+
+def dropped_privileges() -> bool:
+    """Whether this process is a child that root started and that dropped to an account."""
+    return bool(_DROPPED)
+
+
 def drop_privileges(account: Account, groups: t.Sequence[int]) -> None:
     """Become ``account`` for good (real, effective and saved ids), and check there is no way back."""
+    _DROPPED.append(account.uid)
     os.setgroups(list(groups))
     os.setresgid(account.gid, account.gid, account.gid)
     os.setresuid(account.uid, account.uid, account.uid)

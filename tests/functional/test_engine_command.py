@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 
 import pytest
 
-from agent_tree import CLAUDE, CLAUDE_JSON, DIR, Link, Tree, snapshot
+from agent_tree import CLAUDE, CLAUDE_JSON, DIR, Link, Tree, reachable, snapshot
 from engine_command import PYTHON, build_command, run_command
+from mounts import give_to
 from rendering import render
 
 
@@ -86,7 +88,9 @@ def test_start_check_changes_nothing_then_start_repairs(command, tree, workdir):
     assert proc.stdout.splitlines() == [
         f"{tree('home:.claude')}: move, link",
         f"--- {tree('home:.claude')}", f"+++ {tree('home:.claude')}",
-        "-path: directory", f"+path: link to {tree('vol:.claude')}", " target: directory",
+        f"-path   {tree('home:.claude')}: directory", f"+path   {tree('home:.claude')}: link to {tree('vol:.claude')}",
+        f" target {tree('vol:.claude')}: directory",
+        f"moved {tree('home:.claude/projects')} -> {tree('vol:.claude/projects')}",
         "agor-persistence start: 1 of 1 link(s) would change",
     ]
     proc, result = run_command(command, "start", params=params, workdir=workdir)
@@ -144,6 +148,7 @@ def rendered(tmp_path, as_root):
     """The engine flavour rendered for a sandbox home (user nobody), its command and parameters where rendered."""
     def do(**variables):
         tree = Tree(str(tmp_path / "sandbox"))
+        reachable(tree.root)
         dest = str(tmp_path / "rendered")
         render(dest, "engine", {
             "agor_persistence_user": "nobody", "agor_persistence_group": "nogroup", "agor_persistence_home": tree.home,
@@ -158,6 +163,7 @@ def rendered(tmp_path, as_root):
 def test_entrypoint_runs_the_start_step_then_the_images_entrypoint_as_the_user(rendered):
     tree, entrypoint = rendered(agor_persistence_image_entrypoint=SHOW)
     tree.build({"home:.claude/s.jsonl": "S"})
+    give_to(pwd.getpwnam("nobody").pw_uid, tree.home)  # as the image made it: the account's home
     proc = subprocess.run([entrypoint, "serve", "--port=3030"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == f"nobody {tree.home} serve --port=3030", "the image's entrypoint, then CMD"
@@ -169,6 +175,7 @@ def test_entrypoint_runs_the_start_step_then_the_images_entrypoint_as_the_user(r
 def test_entrypoint_without_anything_to_run_refuses_before_changing_anything(rendered):
     tree, entrypoint = rendered()
     tree.build({"home:.claude/s.jsonl": "S"})
+    give_to(pwd.getpwnam("nobody").pw_uid, tree.home)
     before = snapshot(tree.root)
     proc = subprocess.run([entrypoint], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and "nothing to run after the start step" in proc.stderr
