@@ -342,6 +342,7 @@ class Bench:
         volume = os.path.join(root, "volume")
         self.mounts.tmpfs(volume, f"{size * 5 // 4 // MiB + 256}m")
         user, group = agents_account()
+        run(["chown", "-R", f"{user}:{group}", os.path.join(template, ".claude")])  # the account's state, as in an image
         try:
             from container import Engine
         except ImportError:
@@ -363,13 +364,14 @@ class Bench:
         os.makedirs(io)
         self.write_json(os.path.join(io, "params.json"), {
             "links": [{"path": "/home/agor/.claude", "target": "/home/agor/.agor/.claude"}],
-            "volume": "/home/agor/.agor", "require_mount": True, "owner": user, "group": group,
+            "volume": "/home/agor/.agor", "require_mount": True, "owner": user, "group": group, "manage_volume_root": True,
         })
         shared = {"/opt/agor-bench/template": template, "/opt/agor-bench/collections": self.ansible.collections,
                   "/opt/agor-bench/io": io}
         engine = Engine(shared=shared, size=f"{size * 3 // 2 // MiB + 512}m")
         try:
-            image = engine.build(["sh", "-c", "mkdir -p /home/agor && cp -a /opt/agor-bench/template/.claude /home/agor/.claude"])
+            image = engine.build(["sh", "-c", f"mkdir -p /home/agor && chown {user}:{group} /home/agor && "
+                                  "cp -a /opt/agor-bench/template/.claude /home/agor/.claude"])
             container = engine.run(image, volumes={"/home/agor/.agor": volume})
 
             def cexec(argv: t.Sequence[str], env: t.Optional[t.Dict[str, str]] = None) -> None:
@@ -404,11 +406,12 @@ class Bench:
         home = os.path.join(home_fs, "agor")
         vol = os.path.join(home, ".agor")
         os.makedirs(vol)
+        run(["chown", f"{user}:{group}", home])
         run(["mount", "--bind", volume, vol])
         self.mounts.points.append(vol)
         params = self.write_json(os.path.join(root, "params.json"), {
             "links": [{"path": f"{home}/.claude", "target": f"{vol}/.claude"}],
-            "volume": vol, "require_mount": True, "owner": user, "group": group,
+            "volume": vol, "require_mount": True, "owner": user, "group": group, "manage_volume_root": True,
         })
 
         def fresh() -> None:
@@ -457,9 +460,10 @@ class Bench:
         for key, (number, size) in variants.items():
             make_sessions(os.path.join(templates, key), number, size)
         user, group = agents_account()
+        run(["chown", "-R", f"{user}:{group}", home])  # the account's home and state, as in an image
         params = self.write_json(os.path.join(root, "params.json"), {
             "links": [{"path": f"{home}/.claude", "target": f"{volume}/.claude"}],
-            "volume": volume, "require_mount": True, "owner": user, "group": group,
+            "volume": volume, "require_mount": True, "owner": user, "group": group, "manage_volume_root": True,
         })
 
         def fresh(which: str) -> t.Callable[[], None]:
