@@ -360,6 +360,6 @@ class Executor:
     def _rename_into_place(self, staged_name: str, dest: str, link: LinkSpec) -> None:
         with self._parent_of(dest, link, create=is_within(dest, self.meta_path)) as (dst_fd, dst_name):
             try:
-                _fs.rename_noreplace_at(self._staging(), staged_name, dst_fd, dst_name)
+                _fs.move_at(self._staging(), staged_name, dst_fd, dst_name)
             except FileExistsError:
                 raise AgentStateLinkError(f"{dest}: appeared while it was being filled; nothing lost, rerun") from None

@@ -203,6 +203,16 @@ def _territory_parts(job: Job, link: LinkSpec, store_uid: int) -> t.Tuple[str, .
     if link.uid == store_uid:
         return ()
     rel = job.relative_target(link).split("/")
+    if os.geteuid() not in (0, link.uid):
+        raise AgentStateLinkError(
+            f"volume: {job.store_root} is owned by uid {store_uid}, and this run (uid {os.geteuid()}) cannot act for uid "
+            f"{link.uid}: run the start step as root (e.g. RAILWAY_RUN_UID=0 on Railway), with manage_volume_root=true"
+        )
+    if os.geteuid() != 0 and (len(rel) < 3 or rel[0] != USERS_DIR_NAME):
+        raise AgentStateLinkError(
+            f"volume: {job.store_root} is owned by uid {store_uid}, not by uid {link.uid} that runs this: run the start "
+            "step as root (e.g. RAILWAY_RUN_UID=0 on Railway), with manage_volume_root=true to give the volume root to it"
+        )
     if len(rel) < 3 or rel[0] != USERS_DIR_NAME:
         raise AgentStateLinkError(
             f"{link.field_name('target')}: {link.target} belongs to uid {link.uid}, but {job.store_root} is owned by uid "

@@ -100,5 +100,5 @@ def test_non_root_start_is_told_to_run_as_root(public_tmp, as_root):
                           env=engine_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     message = json.loads(proc.stdout)["msg"]
-    assert "permission denied at .agent-state-link (running as uid 65534: run the start step as root, " \
-           "e.g. RAILWAY_RUN_UID=0 on Railway)" in message
+    assert f"volume: {volume} is owned by uid 0, not by uid 65534 that runs this: run the start step as root " \
+           "(e.g. RAILWAY_RUN_UID=0 on Railway)" in message

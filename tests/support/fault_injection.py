@@ -135,8 +135,8 @@ def _install(signals: t.Mapping[t.Optional[int], int], calls: _SharedCalls) -> N
             if counts(*args, **kwargs):
                 number = calls.append(name)
                 if number in signals:
-                    if os.geteuid() != 0:  # an account's process may not signal root's: root's follows at once
-                        calls.request(signals[number])
+                    if os.geteuid() != 0 and signals[number] == signal.SIGKILL:
+                        calls.request(signals[number])  # an account's process may not kill root's: root's follows at once
                     os.killpg(group, signals[number])
             return real(*args, **kwargs)
         return wrapper
