@@ -153,10 +153,10 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
     except UsageError as exc:
-        print(f"{USAGE}\nagor-persistence: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"{USAGE}\nagor-persistence: error: {exc}\n")
         return EXIT_ERROR
     if args is None:
-        print(HELP, end="")
+        sys.stdout.write(HELP)
         return EXIT_OK
     state, audit, _help = SUBCOMMANDS[args.command]
     check_mode = audit or args.check
@@ -166,11 +166,11 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
     except AgentStateLinkError as exc:
         return _fail(args, str(exc))
     for warning in result["warnings"]:
-        print(f"agor-persistence {args.command}: warning: {warning}", file=sys.stderr)
+        sys.stderr.write(f"agor-persistence {args.command}: warning: {warning}\n")
     lines = report_lines(args.command, result, params["volume"], check_mode)
     if args.diff:
         lines[-1:-1] = diff_lines(result["diff"])
-    print("\n".join(lines))
+    sys.stdout.write("\n".join(lines) + "\n")
     try:
         _write_json(args.json, result)
     except OSError as exc:
@@ -179,7 +179,7 @@ def main(argv: t.Optional[t.Sequence[str]] = None) -> int:
 
 
 def _fail(args: Options, message: str) -> int:
-    print(f"agor-persistence {args.command}: {message}", file=sys.stderr)
+    sys.stderr.write(f"agor-persistence {args.command}: {message}\n")
     try:
         _write_json(args.json, {"failed": True, "msg": message})
     except OSError:

@@ -72,7 +72,7 @@ def run_as(account: Account, function: t.Callable[[], t.Any]) -> t.Any:
     os.close(write_fd)
     with os.fdopen(read_fd, "rb") as answer:
         data = answer.read()
-    _, status = os.waitpid(pid, 0)
+    status = os.waitpid(pid, 0)[1]
     if not data:
         raise AgentStateLinkError(
             f"the process acting as uid {account.uid} ended without an answer ({_describe_status(status)})"

@@ -13,7 +13,7 @@ import pytest
 from agent_tree import Tree, write
 from attacker import ATTACKER, SHADOW, VICTIM, VICTIM_FILES, VICTIM_HOME
 from mounts import give_to
-from sandbox_fixtures import figures, mounts, reachable_base, report_figures  # noqa: F401  (fixtures)
+from sandbox_fixtures import figures, mounts, reachable_base, report_figures  # noqa: F401  # pylint: disable=unused-import
 
 
 def pytest_terminal_summary(terminalreporter):

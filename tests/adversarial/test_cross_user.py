@@ -19,9 +19,10 @@ import pytest
 
 from agent_tree import CLAUDE, contents, snapshot, write
 from attacker import (
-    ATTACKER, VICTIM, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys, give_to,
+    ATTACKER, VICTIM, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys,
     owners_by_inode, protected, root_watch, run_or_refuse, taken_over,
 )
+from mounts import give_to
 from guarantees import lost
 
 META = ".agent-state-link"  # the module's documented bookkeeping directory below the volume

@@ -13,8 +13,9 @@ import shutil
 
 from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, read, shape, snapshot, write
 from attacker import (
-    ATTACKER, AttackersContainer, assert_no_root_owned, assert_refusal_names, changed_keys, give_to, racing, root_watch, run_or_refuse,
+    ATTACKER, AttackersContainer, assert_no_root_owned, assert_refusal_names, changed_keys, racing, root_watch, run_or_refuse,
 )
+from mounts import give_to
 from guarantees import user_data
 from runs import attack_runs
 

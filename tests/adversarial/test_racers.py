@@ -23,9 +23,10 @@ import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON_BARE, sha256_of, write
 from attacker import (
-    ATTACKER, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys, give_to,
+    ATTACKER, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys,
     hashes_readable_by, protected, racing, root_watch, run_or_refuse,
 )
+from mounts import give_to
 from runs import attack_runs
 
 NESTED = {"path": "home:.copilot", "target": "vol:users/agor/.copilot"}

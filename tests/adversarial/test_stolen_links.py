@@ -14,9 +14,10 @@ import pytest
 
 from agent_tree import CLAUDE, CLAUDE_JSON, sha256_of
 from attacker import (
-    ATTACKER, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys, give_to,
+    ATTACKER, VICTIM_HOME, as_user, assert_no_root_owned, assert_refusal_names, changed_keys,
     hashes_readable_by, protected, racing, root_watch, run_or_refuse,
 )
+from mounts import give_to
 from guarantees import user_data
 from runs import attack_runs
 
@@ -108,4 +109,3 @@ def test_root_owned_link_chained_to_another_users_state(arena, aim):
     if refusal is not None:
         assert_refusal_names(refusal, tree("home:.config"), tree("vol:.claude"))
     assert_no_root_owned([tree.home, VICTIM_HOME], seen)
-

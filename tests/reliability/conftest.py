@@ -6,7 +6,7 @@ Every test here needs root in a private mount namespace, as scripts/test runs th
 
 from __future__ import annotations
 
-from sandbox_fixtures import figures, mounts, reachable_base, report_figures  # noqa: F401  (fixtures)
+from sandbox_fixtures import figures, mounts, reachable_base, report_figures  # noqa: F401  # pylint: disable=unused-import
 
 
 def pytest_terminal_summary(terminalreporter):

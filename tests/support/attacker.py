@@ -29,7 +29,6 @@ import typing as t
 
 from agent_tree import Tree, run_engine, snapshot
 from mounts import ImageSandbox, Mounts
-from mounts import give_to as give_to  # re-exported: the attack suites take it from here
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 

@@ -168,4 +168,3 @@ ABSENT_CASES = [
          {"home:.local/share/opencode/auth.json": "{}", "vol:opencode/auth.json": "{}"},
          links=[{"path": "home:.local/share/opencode", "target": "vol:opencode"}], params=ABSENT),
 ]
-
