@@ -154,7 +154,7 @@ def plan_root(job: Job, store_fd: t.Optional[int]) -> RootPlan:
         for directory in _missing_ancestors(job.store_root) if _keeps_anything(job) else []:
             root.directories.append((directory, 0, 0, 0o755))
             root.steps.setdefault(first.index, []).append({"action": "create_directory", "path": directory})
-        root.store_owner = primary if primary != (0, 0) else None
+        root.store_owner = primary if primary != (0, 0) and root.directories else None
         owner = primary
     else:
         st = os.fstat(store_fd)

@@ -174,3 +174,13 @@ def test_home_parent_linked_by_another_user_is_refused(tree, ids):
     with pytest.raises(AgentStateLinkError, match=r"component '\.config' is a symlink owned by uid 0 in a directory owned by uid"):
         run_engine(tree.params({"path": "home:.config/opencode", "target": "vol:opencode"}))
     assert tree.user_view() == before
+
+
+def test_build_with_nothing_to_keep_makes_only_the_links(tree, ids):
+    """An image with nothing at the state paths: the build makes the (dangling) links, owned by the
+    account, and no seed store (found by the real-engine suite: it failed 'could not be created')."""
+    uid, gid = ids
+    result = converge(tree.params(CLAUDE, state="prepared", seed_store="seed:", owner=USER, group=GROUP), tree.root)
+    assert [record["actions"] for record in result["links"]] == [["link"]]
+    assert owner(tree("home:.claude"))[:2] == (uid, gid)
+    assert not os.path.lexists(tree.seed_store)
