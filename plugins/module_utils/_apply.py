@@ -187,6 +187,7 @@ class Executor:
                 if _fs.identity(st) != step.identity or not _fs.same_content_at(src_fd, src_name, dst_fd, dst_name):
                     self.warnings.append(f"{step.path}: changed since it was compared with {step.dest}; left in place")
                     return
+                _fs.make_writable(src_fd)  # a read-only directory of the account's own, being emptied
                 os.unlink(src_name, dir_fd=src_fd)
 
     def _seed(self, step: P.Step, link_plan: P.LinkPlan) -> None:

@@ -23,6 +23,7 @@ included.
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import subprocess
 import time
@@ -81,12 +82,13 @@ def test_sigkill_swept_over_a_large_migration(tmp_path, mounts, figures):
         tree, trials = sandbox.reset(), trials + 1
         at = duration * fractions[0]
         began = time.monotonic()
-        process = subprocess.Popen(engine_command(params), env=engine_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(engine_command(params), env=engine_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
         try:
             process.wait(timeout=at)
             duration = time.monotonic() - began  # this run was faster than the first (less load): kill earlier
         except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)  # the engine and its account's process, as a container's kill
             fractions.pop(0)
         _out, err = process.communicate()
         assert process.returncode in (0, -signal.SIGKILL), err
