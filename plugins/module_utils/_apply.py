@@ -295,7 +295,8 @@ class Executor:
                     except OSError as exc:
                         if exc.errno != errno.EXDEV:
                             raise
-                if step.path == link.path and link.kind == "file" and self._move_state_file(step, link, src_fd, src_name):
+                if (step.action is Action.MOVE and step.path == link.path and link.kind == "file"
+                        and self._move_state_file(step, link, src_fd, src_name)):
                     continue
                 name = self._stage_name()
                 staged.append((name, step, copier.copy(src_fd, src_name, self._staging(), name, source_path=step.path)))
