@@ -32,7 +32,7 @@ from agent_tree import (
     CLAUDE, CLAUDE_JSON, CODEX, Link, engine_command, engine_env, migration_phase, outline, populate, run_engine,
 )
 from fault_injection import run_with_faults
-from guarantees import assert_converged, assert_nothing_lost, end_state
+from guarantees import killed_before_each_call, assert_converged, assert_nothing_lost, end_state
 from mounts import ImageSandbox
 
 OWNER = {"owner": "1001", "group": "1001"}
@@ -150,12 +150,7 @@ def test_sigkill_before_every_filesystem_call(tmp_path, mounts, figures):
     assert set(expected) == set(manifest), "the uninterrupted run lost a content"
 
     started = time.monotonic()
-    for call in range(1, len(calls) + 1):
-        tree = sandbox.reset()
-        code, _calls = run_with_faults(params, kill_before=call)
-        when = f"killed before call {call}/{len(calls)} ({calls[call - 1]})"
-        assert code == -signal.SIGKILL, f"{when}: exit code {code}"
-        assert_nothing_lost(tree, manifest, when)
+    for _call, tree, when in killed_before_each_call(sandbox, params, calls, manifest):
         rerun_completes(tree, params, expected, when)
         assert end_state(tree) == reference, f"{when}: the rerun's end state differs from an uninterrupted run's"
 

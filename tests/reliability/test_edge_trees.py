@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import stat
 import subprocess
 import time
@@ -18,7 +17,7 @@ import pytest
 from agent_tree import CLAUDE, Tree, outline, run_engine
 from edge_trees import DEPTH, EXTENDED_ACL, LEAF, allocated, at_level, make_chain, make_sparse, read_chain, write_at
 from fault_injection import run_with_faults
-from guarantees import assert_converged, assert_nothing_lost, end_state
+from guarantees import killed_before_each_call, assert_converged, end_state
 from mounts import ImageSandbox
 
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
@@ -261,12 +260,7 @@ def test_sigkill_before_every_call_of_an_edge_case_copy(tmp_path, mounts, figure
     assert assert_edge_cases_kept(tree, "uninterrupted"), "an uninterrupted run keeps the hard link"
     split = []
 
-    for call in range(1, len(calls) + 1):
-        tree = sandbox.reset()
-        code, _calls = run_with_faults(params, kill_before=call)
-        when = f"killed before call {call}/{len(calls)} ({calls[call - 1]})"
-        assert code == -signal.SIGKILL, f"{when}: exit code {code}"
-        assert_nothing_lost(tree, manifest, when)
+    for call, tree, when in killed_before_each_call(sandbox, params, calls, manifest):
         # Killed before one of the last two calls (removing the source's emptied directory, or the
         # link a swap replaced, now under a temporary name), the state is already linked: nothing to do.
         assert run_as_predicted(params)["changed"] or call >= len(calls) - 1, when

@@ -93,3 +93,19 @@ def read_through(path: str) -> t.Dict[str, str]:
             if not os.path.islink(full):
                 found[os.path.relpath(full, path)] = sha256_of(full)
     return found
+
+
+def killed_before_each_call(sandbox, params, calls, manifest):
+    """For each filesystem call of an uninterrupted run, in turn: a fresh sandbox, the engine killed
+    just before that call, nothing lost.  Yields (tree, when) for the caller's rerun checks."""
+    import signal  # pylint: disable=import-outside-toplevel
+
+    from fault_injection import run_with_faults  # pylint: disable=import-outside-toplevel
+
+    for call in range(1, len(calls) + 1):
+        tree = sandbox.reset()
+        code, _calls = run_with_faults(params, kill_before=call)
+        when = f"killed before call {call}/{len(calls)} ({calls[call - 1]})"
+        assert code == -signal.SIGKILL, f"{when}: exit code {code}"
+        assert_nothing_lost(tree, manifest, when)
+        yield call, tree, when
