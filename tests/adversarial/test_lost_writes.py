@@ -137,7 +137,6 @@ def test_fifo_in_the_volume_before_a_rollback(arena):
     assert_no_root_owned([tree.home])
 
 
-
 def entries(tree):
     """Every entry of home and volume as shape() sees it (directory times aside), the module's
     bookkeeping directory left out (a refused run may still have taken the lock)."""

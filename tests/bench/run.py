@@ -622,7 +622,6 @@ class Bench:
                      f"{others or 'no other module'}; own import time from source {own_us / 1000:.1f} ms"
                      + (f"; UNEXPECTED: {extra}" if extra else ""))
 
-
     def check_command_imports(self) -> Check:
         """What agor-persistence imports beyond a bare interpreter (python3 -I -c pass): no Ansible, no PyYAML."""
         from engine_command import build_command
