@@ -10,6 +10,12 @@ from __future__ import annotations
 class ModuleDocFragment:
     DOCUMENTATION = r"""
 attributes:
+  action:
+    support: full
+    description:
+      - Over the local connection, without become or async (a container's start step), the engine runs in the task's own
+        worker process on the controller, with the module's argument spec and result; no module is built or started.
+        Over any other connection, or with become or async, the module runs as usual.
   check_mode:
     support: full
     description: Reports exactly the steps a real run would take (same RV(links[].actions), same C(changed)) and changes nothing.

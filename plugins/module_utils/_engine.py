@@ -32,6 +32,7 @@ from ansible_collections.agor.persistence.plugins.module_utils._spec import (
     LinkSpec,
     build_job,
     is_within,
+    relabel,
 )
 
 
@@ -42,6 +43,15 @@ def run(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, 
         return _run(job, check_mode)
     except OSError as exc:  # taking the lock, planning or a step: name the cause (no space, read-only, permission)
         raise AgentStateLinkError(describe_os_error(exc)) from exc
+
+
+def run_reporting_refusal(params: t.Mapping[str, t.Any], check_mode: bool = False) -> t.Dict[str, t.Any]:
+    """run()'s result, or a refusal as a failed result in the caller's terms (O(labels)): what the module
+    and its action plugin both return."""
+    try:
+        return run(params, check_mode)
+    except AgentStateLinkError as exc:
+        return {"failed": True, "changed": False, "msg": relabel(str(exc), params["labels"])}
 
 
 @dataclass

@@ -19,6 +19,7 @@ its credentials as not dumpable, so the user cannot ptrace it.)
 
 from __future__ import annotations
 
+import ctypes
 import grp
 import json
 import os
@@ -105,6 +106,8 @@ def _child(account: Account, groups: t.List[int], function: t.Callable[[], t.Any
         os._exit(code)
 
 
+PR_SET_DUMPABLE = 4  # linux/prctl.h
+
 _DROPPED = []  # set in a child once it has dropped (see dropped_privileges)
 
 
@@ -119,6 +122,10 @@ def drop_privileges(account: Account, groups: t.Sequence[int]) -> None:
     os.setgroups(list(groups))
     os.setresgid(account.gid, account.gid, account.gid)
     os.setresuid(account.uid, account.uid, account.uid)
+    # Changing ids has just reset the process's dumpable flag from fs.suid_dumpable, which may be 1:
+    # clear it whatever that says, so the account cannot ptrace this copy of root's memory.
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise AgentStateLinkError(f"could not make the process acting as uid {account.uid} non-dumpable")
     if account.uid != 0:
         try:
             os.setuid(0)

@@ -33,7 +33,8 @@ description:
     run then finds nothing to do. Each account keeps its staging area and backups in its own bookkeeping
     directory C(.agent-state-link/), at the volume root for the volume root's owner and in
     C(<volume>/users/<name>/) for any other account.
-  - All links are handled in one module run, so a container start pays for one module execution.
+  - All links are handled in one task. Over the local connection (a container's start step) the engine runs in
+    the task's worker process, so a start builds and starts no module process (see the C(action) attribute).
 author:
   - Agor persistence maintainers (@agor-persistence)
 extends_documentation_fragment:
@@ -309,8 +310,8 @@ volume_owner_changed:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.agor.persistence.plugins.module_utils._engine import run
-from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError, argument_spec, relabel
+from ansible_collections.agor.persistence.plugins.module_utils._engine import run_reporting_refusal
+from ansible_collections.agor.persistence.plugins.module_utils._spec import argument_spec
 
 
 def main() -> None:
@@ -318,10 +319,9 @@ def main() -> None:
         argument_spec=argument_spec(),
         supports_check_mode=True,
     )
-    try:
-        result = run(module.params, check_mode=module.check_mode)
-    except AgentStateLinkError as exc:
-        module.fail_json(msg=relabel(str(exc), module.params["labels"]))
+    result = run_reporting_refusal(module.params, check_mode=module.check_mode)
+    if result.get("failed"):
+        module.fail_json(msg=result["msg"])
     for warning in result.pop("warnings"):
         module.warn(warning)
     module.exit_json(**result)

@@ -51,6 +51,9 @@ START_VALIDATED = os.path.join(BENCH, "playbooks", "start_validated.yml")
 NAIVE = os.path.join(BENCH, "baseline", "naive.yml")
 ENGINE_ONCE = os.path.join(BENCH, "engine_once.py")
 PULL_WITHOUT_STALL = os.path.join(BENCH, "pull_without_stall.py")
+# Extra vars that make the agent_state_link task run its module in a process of its own, as over any
+# connection but the local one: become (su from root to root, so nothing else changes).
+MODULE_PROCESS = ("-e", "ansible_become=true", "-e", "ansible_become_method=ansible.builtin.su")
 SHELL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # The interpreter of the zipapp's shebang (Debian's, as in the image), else this one.
 COMMAND_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
@@ -67,9 +70,9 @@ ROW_IDS = {
     "command": ["command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files"],
     "pull": ["pull", "pull-no-stall", "git-plus-playbook"],
 }
-EXPLAIN_IDS = ["explain-argspec-task", "explain-module-task", "explain-module-process", "explain-links-module-process",
+EXPLAIN_IDS = ["explain-argspec-task", "explain-module-task", "explain-module-process-task", "explain-module-process", "explain-links-module-process",
                "explain-links-engine"]
-CHECK_IDS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
+CHECK_IDS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-in-process"]
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class Bench:
             Variant("start", self.start(default)),
             Variant("validated", ansible.action(ansible.playbook(START_VALIDATED, "-e", "@" + default.vars_file))),
             Variant("module", ansible.action(ansible.playbook(MODULE_ONLY, "-e", "@" + params))),
+            Variant("process", ansible.action([*default.start_argv(ansible), *MODULE_PROCESS])),
         ], self.runs_tight, self.warmup)
         links = len(default.links())
         rows = [Row("start-default", f"start playbook, all default agents ({links} links)", measured["start"],
@@ -165,6 +169,8 @@ class Bench:
                 measured["validated"], FLOOR_NAME, measured["floor"]),
             Row("explain-module-task", "the agent_state_link task alone, same parameters (no role)",
                 measured["module"], FLOOR_NAME, measured["floor"]),
+            Row("explain-module-process-task", "start playbook with the module in a process of its own (become, as over a connection that is not local)",
+                measured["process"], FLOOR_NAME, measured["floor"]),
         ]
         for number in self.sizes.start_links:
             sandbox = self.sandbox(f"links-{number}", agents=[], extra_links=extra_links(number))
@@ -190,7 +196,7 @@ class Bench:
 
     def module_payload(self, sandbox: Sandbox) -> str:
         params = self.write_json(os.path.join(sandbox.root, "params.json"), {"bench_params": sandbox.params()})
-        return self.payload(self.ansible.playbook(MODULE_ONLY, "-e", "@" + params), "agent_state_link")
+        return self.payload(self.ansible.playbook(MODULE_ONLY, "-e", "@" + params, *MODULE_PROCESS), "agent_state_link")
 
     def module_process_row(self, sandbox: Sandbox, params: str) -> Row:
         """The two modules' AnsiballZ payloads, run directly: the module process alone."""
@@ -590,9 +596,9 @@ class Bench:
                             f"start.yml: gather_facts: {play.get('gather_facts')}; tasks run: {tasks}"))
         checks.append(Check("start-pinned-interpreter", "the start play pins the interpreter (no discovery)",
                             bool(pinned) and "discovered_interpreter" not in out and all(e[0] in (python, os.path.join(VENV_BIN, "python")) for e in execs),
-                            f"ansible_python_interpreter: {pinned!r}; module ran with {sorted(set(e[0] for e in execs))}"))
-        checks.append(Check("start-one-module", "nothing in start runs a second module",
-                            len(execs) == 1 and execs[0][1].endswith("AnsiballZ_agent_state_link.py"),
+                            f"ansible_python_interpreter: {pinned!r}; module processes ran with {sorted(set(e[0] for e in execs))}"))
+        checks.append(Check("start-in-process", "start runs one task and no module process (local connection: the engine runs in the task's worker)",
+                            not execs and len(tasks) == 1 and tasks[0].endswith("Link agent state paths into the volume"),
                             f"{len(execs)} module process(es): {[os.path.basename(e[1]) for e in execs]}; tasks: {tasks}"))
         return checks
 

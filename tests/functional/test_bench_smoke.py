@@ -26,10 +26,10 @@ ROWS = [
     "migrate-xfs", "migrate-samefs", "migrate-samefs-entries",
     "command-vs-python", "command-vs-seed", "command-flat", "seed-volume-files",
     "pull", "pull-no-stall", "git-plus-playbook",
-    "explain-argspec-task", "explain-module-task", "explain-module-process", "explain-links-module-process",
+    "explain-argspec-task", "explain-module-task", "explain-module-process-task", "explain-module-process", "explain-links-module-process",
     "explain-links-engine",
 ]
-CHECKS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-one-module"]
+CHECKS = ["module-imports", "command-imports", "start-no-facts", "start-pinned-interpreter", "start-in-process"]
 
 
 @pytest.mark.slow

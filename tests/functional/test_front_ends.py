@@ -1,21 +1,25 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """One engine, two front ends: every starting state of the module suite (the case tables of
-tests/support/cases.py, shared with the module's unit tests), run through the module
+tests/support/cases.py, shared with the module's unit tests), run through the agent_state_link task
 by ansible-playbook and through the agor-persistence command, gives the same check-mode prediction,
-the same result and the same end state.
+the same result and the same end state.  The task itself runs the engine two ways, compared too: in
+its worker process over the local connection (the action plugin), and in a module process of its own
+over any other connection or with become (here: become, su from root to root).
 
 All cases run in one ansible-playbook run (a loop in check mode, then a loop for real), each on a
-tree of its own; then every tree is laid out again at the same place and the command runs on it.
+tree of its own; then every tree is laid out again at the same place for the next way of running.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import typing as t
 
 import pytest
@@ -30,6 +34,8 @@ ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbo
 SUBCOMMAND = {"present": "start", "prepared": "build", "absent": "rollback"}
 # The result agent_state_link documents (RETURN) besides the warnings.
 RESULT_KEYS = ("changed", "links", "backup_dir", "volume_owner_changed", "diff")
+# Extra vars that send the task to a module process: become, su from root to root (no password).
+MODULE_PROCESS = ("-e", "ansible_become=true", "-e", "ansible_become_method=ansible.builtin.su")
 # Backup directories are named after the time of the run.
 STAMP = re.compile(r"/\.agent-state-link/backups/[^/\"]+")
 
@@ -68,7 +74,7 @@ def lay_out(root: str) -> t.List[t.Dict[str, t.Any]]:
     return all_params
 
 
-def module_runs(workdir: str, all_params: t.Sequence[t.Mapping[str, t.Any]]) -> t.Dict[str, t.List[t.Dict[str, t.Any]]]:
+def task_runs(workdir: str, all_params: t.Sequence[t.Mapping[str, t.Any]], *extra_options: str) -> t.Dict[str, t.Any]:
     """ansible-playbook over every case: agent_state_link in check mode, then for real; the registered results."""
     options = sorted({key for params in all_params for key in params})
     args = {key: f"{{{{ item[{key!r}] | default(omit) }}}}" for key in options}
@@ -80,7 +86,7 @@ def module_runs(workdir: str, all_params: t.Sequence[t.Mapping[str, t.Any]]) -> 
             {"name": "predict", "agor.persistence.agent_state_link": args, "loop": "{{ cases }}", "check_mode": True,
              "register": "predicted"},
             {"name": "apply", "agor.persistence.agent_state_link": args, "loop": "{{ cases }}", "register": "applied"},
-            {"name": "keep the results", "diff": False,
+            {"name": "keep the results", "diff": False, "become": False,
              "ansible.builtin.copy": {"content": "{{ {'predicted': predicted.results, 'applied': applied.results} | to_json }}",
                                       "dest": results}},
         ],
@@ -88,22 +94,36 @@ def module_runs(workdir: str, all_params: t.Sequence[t.Mapping[str, t.Any]]) -> 
     path = os.path.join(workdir, "playbook.yml")
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(playbook, handle)  # JSON is YAML
-    env = dict(ansible_env(), ANSIBLE_HOME=os.path.join(workdir, "ansible-home"), ANSIBLE_PIPELINING="1")
-    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--diff", path], env=env, capture_output=True, text=True, check=False, cwd=workdir,
+    # Module payloads are kept where they can be counted: which way the engine ran is checked, not assumed.
+    remote_tmp = tempfile.mkdtemp(prefix="remote-tmp-", dir=workdir)
+    env = dict(ansible_env(), ANSIBLE_HOME=os.path.join(workdir, "ansible-home"), ANSIBLE_REMOTE_TMP=remote_tmp,
+               ANSIBLE_KEEP_REMOTE_FILES="1")
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, "--diff", path, *extra_options], env=env, capture_output=True, text=True, check=False, cwd=workdir,
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with open(results, encoding="utf-8") as handle:
-        return t.cast(t.Dict[str, t.List[t.Dict[str, t.Any]]], json.load(handle))
+        runs = t.cast(t.Dict[str, t.Any], json.load(handle))
+    runs["module_payloads"] = len(glob.glob(os.path.join(remote_tmp, "*", "AnsiballZ_agent_state_link.py")))
+    return runs
+
+
+def task_outcomes(workdir: str, trees: str, module_payloads: int, *extra_options: str) -> t.List[t.Tuple[t.Any, ...]]:
+    """For each case: the task's prediction, its result and the end state, on trees laid out anew."""
+    task = task_runs(workdir, lay_out(trees), *extra_options)
+    assert task["module_payloads"] == module_payloads, f"{task['module_payloads']} module payloads, expected {module_payloads}"
+    return [(task["predicted"][index], task["applied"][index], end_state(os.path.join(trees, str(index))))
+            for index in range(len(CASES))]
 
 
 @pytest.fixture(scope="module")
-def both_front_ends(tmp_path_factory):
-    """For each case: (module's prediction, module's result, module's end state) and the same of the command."""
+def front_ends(tmp_path_factory):
+    """For each case and way of running: (prediction, result, end state)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the module process is reached through become (su from root to root)")
     workdir = str(tmp_path_factory.mktemp("front-ends"))
     trees = os.path.join(workdir, "cases")
-    all_params = lay_out(trees)
-    module = module_runs(workdir, all_params)
-    module_ends = [end_state(os.path.join(trees, str(index))) for index in range(len(CASES))]
+    worker = task_outcomes(workdir, trees, 0)
+    module = task_outcomes(workdir, trees, 2, *MODULE_PROCESS)  # one payload per task, run for each case
 
     command = build_command(workdir)
     all_params = lay_out(trees)
@@ -115,20 +135,20 @@ def both_front_ends(tmp_path_factory):
             proc, result = run_command(command, subcommand, *check, params=params, workdir=workdir)
             assert proc.returncode == 0 and result is not None, f"{CASES[index][0]}: {proc.stderr}"
             runs.append(result)
-        outcomes.append({
-            "module": (module["predicted"][index], module["applied"][index], module_ends[index]),
-            "command": (runs[0], runs[1], end_state(os.path.join(trees, str(index)))),
-        })
+        outcomes.append({"worker": worker[index], "module": module[index],
+                         "command": (runs[0], runs[1], end_state(os.path.join(trees, str(index))))})
     return outcomes
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[case_id for case_id, _case in CASES])
-def test_same_prediction_result_and_end_state(both_front_ends, index):
-    module, command = both_front_ends[index]["module"], both_front_ends[index]["command"]
-    assert not module[1].get("failed") and module[1]["invocation"]["module_args"]["links"], "the module ran"
-    assert comparable(command[0]) == comparable(module[0]), "check mode predicts the same through both front ends"
-    assert comparable(command[1]) == comparable(module[1]), "the same result through both front ends"
-    assert command[2] == module[2], "the same end state through both front ends"
-    for predicted, applied in (module[:2], command[:2]):
+def test_same_prediction_result_and_end_state(front_ends, index):
+    worker, module, command = (front_ends[index][way] for way in ("worker", "module", "command"))
+    for task in (worker, module):
+        assert not task[1].get("failed") and task[1]["invocation"]["module_args"]["links"], "the task ran"
+    for other, name in ((worker, "the task's worker"), (command, "the command")):
+        assert comparable(other[0]) == comparable(module[0]), f"check mode predicts the same through the module process and {name}"
+        assert comparable(other[1]) == comparable(module[1]), f"the same result through the module process and {name}"
+        assert other[2] == module[2], f"the same end state through the module process and {name}"
+    for predicted, applied in (worker[:2], module[:2], command[:2]):
         assert outline(predicted) == outline(applied), "check mode predicted the real run"
     assert [record["actions"] for record in command[1]["links"]] == CASES[index][1].actions
