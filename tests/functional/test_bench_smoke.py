@@ -4,7 +4,7 @@
 One repetition of every measurement, small trees: checks that every row of the table is printed
 with a measurement (none failed), and that the checks that are not timings (the module's imports,
 no facts, a pinned interpreter, one module run) pass.  No timing is asserted: the full run
-(scripts/bench) is for that, and its table is in the README.
+(scripts/bench) is for that, and its table is in docs/docsite/rst/performance.rst.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ VICTIM_FILES = {
 # path (every sandbox's volume is <home>/.agor).  Issue 9: "Nothing the run leaves in a user-writable
 # directory is owned by root, at any instant", except "<volume>/users is root-owned 0755" (the primary
 # user can rename it, and further users trust that user: the security model says so).  Should the
-# model come to allow another (say, the bookkeeping directory), it is named here and in the README.
+# model come to allow another (say, the bookkeeping directory), it is named here and in SECURITY.md.
 ROOT_MAY_OWN: t.Tuple[str, ...] = ("/.agor/users",)
 
 
