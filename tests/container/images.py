@@ -136,9 +136,10 @@ def ee_context(workdir: str) -> t.Tuple[str, float]:
     assert wanted == [tarball], f"ee/bookworm/execution-environment.yml names {wanted}, galaxy.yml builds {tarball}"
     context = os.path.join(definition_dir, "context")
     started = time.monotonic()
-    subprocess.run([artifacts.ansible_builder(), "-m", "ansible_builder", "create", "--file",
-                    os.path.join(definition_dir, "execution-environment.yml"), "--context", context],
-                   check=True, capture_output=True, text=True)
+    created = subprocess.run([artifacts.ansible_builder(), "-m", "ansible_builder", "create", "--file",
+                              os.path.join(definition_dir, "execution-environment.yml"), "--context", context],
+                             check=False, capture_output=True, text=True)
+    assert created.returncode == 0, f"ansible-builder create failed:\n{created.stdout}{created.stderr}"
     return context, time.monotonic() - started
 
 
