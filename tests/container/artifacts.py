@@ -6,7 +6,8 @@
 - the five agent CLIs, installed from the npm registry into a prefix of their own, which the image
   build copies in through a read-only build volume;
 - node 20: the host's binary (bookworm's nodejs is 18);
-- the containers.podman collection, for the fleet audit.
+- the containers.podman collection, for the fleet audit;
+- ansible-builder, in a virtualenv of its own, for the execution environment.
 
 Run as a script to fill the cache ahead of the tests: ``python3 tests/container/artifacts.py``.
 """
@@ -38,6 +39,8 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # ``ansible`` package, which pairs with ansible-core 2.19; Galaxy is not reachable here.
 ANSIBLE_PACKAGE = "ansible==12.3.0"
 PODMAN_COLLECTION = "ansible_collections/containers/podman/"
+# The version noxfile.py's ee-create session pins.
+ANSIBLE_BUILDER = "ansible-builder==3.2.0"
 
 
 def _publish(build, dest: str) -> str:
@@ -116,6 +119,21 @@ def podman_collection() -> str:
     return _publish(build, os.path.join(CACHE, "collections-" + ANSIBLE_PACKAGE.replace("==", "-")))
 
 
+def ansible_builder() -> str:
+    """The Python of a virtualenv holding ansible-builder: run it as ``python -m ansible_builder`` (the
+    virtualenv is made under a temporary name, so its scripts' shebangs do not point at it)."""
+
+    def build(tmp: str) -> str:
+        venv = os.path.join(tmp, "venv")
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True)
+        subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pip", "install", "--quiet", ANSIBLE_BUILDER],
+                       check=True, capture_output=True)
+        return venv
+
+    venv = _publish(build, os.path.join(CACHE, ANSIBLE_BUILDER.replace("==", "-")))
+    return os.path.join(venv, "bin", "python")
+
+
 def node_binary() -> str:
     """The host's node 20 (the real file behind ``node`` on PATH)."""
     node = shutil.which("node")
@@ -125,4 +143,4 @@ def node_binary() -> str:
 
 
 if __name__ == "__main__":
-    print(bookworm_tarball(), agent_clis(), podman_collection(), sep="\n")
+    print(bookworm_tarball(), agent_clis(), podman_collection(), ansible_builder(), sep="\n")

@@ -6,7 +6,10 @@
 - the user's image, as the README tells a user to make it: ``FROM`` the Agor-like image, then the
   snippet ``ansible-playbook agor.persistence.render`` wrote, with the rendered files and the
   collection tarball (``ansible-galaxy collection build``) in the build context;
-- the control: the same image without the snippet.
+- the control: the same image without the snippet;
+- the execution environment (ee/bookworm): its base from that Containerfile on the bookworm image,
+  then ``ansible-builder create`` of that definition with this checkout's collection tarball, and
+  ``podman build`` of the context.
 
 Every user image starts with a release line written before the snippet: a redeploy rebuilds the
 image with the next release, so the snippet's layers are rebuilt on a changed image below them.
@@ -22,6 +25,8 @@ import time
 import typing as t
 from dataclasses import dataclass
 
+import yaml
+
 import artifacts
 from podman_engine import Podman
 
@@ -32,6 +37,11 @@ AGOR = "localhost/agor-like:latest"
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # What the Agor-like image runs: its own entrypoint, with no CMD (images/agor/Dockerfile).
 AGOR_ENTRYPOINT = "docker-entrypoint-agor.sh"
+EE_DIR = os.path.join(REPO, "ee", "bookworm")
+# Package downloads pass a TLS-intercepting proxy here: the host's CA bundle goes into the EE's base
+# (a build volume at /mnt/ca), for pip during the EE build. Appended here only, not a user's step.
+TRUST_HOST_CA = ("RUN cp /mnt/ca/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"
+                 " && printf '[global]\\ncert = /etc/ssl/certs/ca-certificates.crt\\n' > /etc/pip.conf\n")
 
 
 @dataclass(frozen=True)
@@ -94,4 +104,45 @@ def build_user(podman: Podman, context: str, tag: str, snippet: t.Optional[str],
     with open(os.path.join(context, dockerfile), "w", encoding="utf-8") as handle:
         handle.write(user_dockerfile(snippet, release))
     seconds = podman.build(context, tag, dockerfile=dockerfile)
+    return Built(tag, seconds, podman.image_size(tag))
+
+
+def ee_definition() -> t.Dict[str, t.Any]:
+    with open(os.path.join(EE_DIR, "execution-environment.yml"), encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def build_ee_base(podman: Podman, workdir: str) -> Built:
+    """ee/bookworm/Containerfile on the bookworm image, tagged as the definition's base image."""
+    context = os.path.join(workdir, "ee-base")
+    os.makedirs(context)
+    with open(os.path.join(EE_DIR, "Containerfile"), encoding="utf-8") as handle:
+        containerfile = handle.read()
+    with open(os.path.join(context, "Containerfile"), "w", encoding="utf-8") as handle:
+        handle.write(containerfile + TRUST_HOST_CA)
+    tag = ee_definition()["images"]["base_image"]["name"]
+    seconds = podman.build(context, tag, dockerfile="Containerfile", build_args={"DEBIAN_IMAGE": BASE},
+                           volumes={os.path.dirname(HOST_CA_BUNDLE): "/mnt/ca"})
+    return Built(tag, seconds, podman.image_size(tag))
+
+
+def ee_context(workdir: str) -> t.Tuple[str, float]:
+    """As a user does in ee/bookworm (here in a copy of it): the collection tarball beside the definition,
+    then ``ansible-builder create``. Returns the build context and the seconds ``create`` took."""
+    definition_dir = os.path.join(workdir, "ee")
+    shutil.copytree(EE_DIR, definition_dir, ignore=shutil.ignore_patterns("context", "*.tar.gz"))
+    tarball = os.path.basename(collection_tarball(definition_dir))
+    wanted = [entry["src"] for entry in ee_definition()["additional_build_files"]]
+    assert wanted == [tarball], f"ee/bookworm/execution-environment.yml names {wanted}, galaxy.yml builds {tarball}"
+    context = os.path.join(definition_dir, "context")
+    started = time.monotonic()
+    created = subprocess.run([artifacts.ansible_builder(), "-m", "ansible_builder", "create", "--file",
+                              os.path.join(definition_dir, "execution-environment.yml"), "--context", context],
+                             check=False, capture_output=True, text=True)
+    assert created.returncode == 0, f"ansible-builder create failed:\n{created.stdout}{created.stderr}"
+    return context, time.monotonic() - started
+
+
+def build_ee(podman: Podman, context: str, tag: str) -> Built:
+    seconds = podman.build(context, tag, dockerfile="Containerfile")
     return Built(tag, seconds, podman.image_size(tag))

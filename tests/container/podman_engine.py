@@ -98,12 +98,14 @@ class Podman:
         self("import", tarball, tag)
 
     def build(self, context: str, tag: str, dockerfile: str = "Dockerfile",
-              volumes: t.Mapping[str, str] = (), **kwargs: t.Any) -> float:
-        """``podman build`` with the host's network and read-only build volumes (host path: image path);
-        returns the seconds it took."""
+              volumes: t.Mapping[str, str] = (), build_args: t.Mapping[str, str] = (), **kwargs: t.Any) -> float:
+        """``podman build`` with the host's network, read-only build volumes (host path: image path) and
+        ``--build-arg``s; returns the seconds it took."""
         argv = ["build", "--network", "host", "--layers", "-f", os.path.join(context, dockerfile), "-t", tag]
         for host, inside in dict(volumes).items():
             argv += ["-v", f"{host}:{inside}:ro"]
+        for key, value in dict(build_args).items():
+            argv += ["--build-arg", f"{key}={value}"]
         started = time.monotonic()
         self(*argv, context, timeout=1800, **kwargs)
         return time.monotonic() - started
@@ -113,14 +115,16 @@ class Podman:
 
     # -- containers ----------------------------------------------------------------------------
 
-    def run(self, image: str, name: str, mounts: t.Sequence[str] = (), env: t.Mapping[str, str] = ()) -> "Container":
-        """``podman run -d`` of ``image`` (its own entrypoint and command), with ``-v`` specs ``mounts``."""
-        argv = ["run", "-d", "--name", name, "--network", "none"]
+    def run(self, image: str, name: str, mounts: t.Sequence[str] = (), env: t.Mapping[str, str] = (),
+            options: t.Sequence[str] = (), command: t.Sequence[str] = ()) -> "Container":
+        """``podman run -d`` of ``image`` (its own entrypoint; its own command unless ``command``), with ``-v``
+        specs ``mounts`` and further ``podman run`` options."""
+        argv = ["run", "-d", "--name", name, "--network", "none", *options]
         for spec in mounts:
             argv += ["-v", spec]
         for key, value in dict(env).items():
             argv += ["-e", f"{key}={value}"]
-        self(*argv, image)
+        self(*argv, image, *command)
         return Container(self, name)
 
     def volume(self, name: str) -> str:
