@@ -152,3 +152,39 @@ def test_same_prediction_result_and_end_state(front_ends, index):
     for predicted, applied in (worker[:2], module[:2], command[:2]):
         assert outline(predicted) == outline(applied), "check mode predicted the real run"
     assert [record["actions"] for record in command[1]["links"]] == CASES[index][1].actions
+
+
+@pytest.mark.parametrize("async_seconds", [0, 60], ids=["module process", "async job"])
+def test_module_process_runs_as_any_module(tmp_path, async_seconds):
+    """Sent to a module process (become, or async), the task runs the module as ansible.builtin.normal
+    runs any module: an async job is polled to its end, and after a plain run Ansible's temporary
+    directory on the target is removed.  (After an async job ansible-core leaves it, for
+    ansible.builtin.command too.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the module process is reached through become (su from root to root)")
+    _id, case = CASES[0]
+    tree = Tree(str(tmp_path / "tree"))
+    tree.build(case.start)
+    params = tree.params(*case.links, **case.params)
+    task = {"name": "link", "agor.persistence.agent_state_link": params, "register": "linked"}
+    checks = ["linked is changed", "linked.links | length == 1"]
+    if async_seconds:
+        task.update({"async": async_seconds, "poll": 1})
+        checks.append("linked.ansible_job_id is defined and linked.finished == 1")
+    else:
+        task.update({"become": True, "become_method": "ansible.builtin.su"})
+    playbook = tmp_path / "playbook.yml"
+    playbook.write_text(json.dumps([{
+        "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars": {"ansible_python_interpreter": sys.executable},
+        "tasks": [task, {"name": "linked", "ansible.builtin.assert": {"that": checks}}],
+    }]), encoding="utf-8")
+    remote_tmp = tmp_path / "remote-tmp"
+    env = dict(ansible_env(), ANSIBLE_HOME=str(tmp_path / "ansible-home"), ANSIBLE_REMOTE_TMP=str(remote_tmp),
+               ANSIBLE_ASYNC_DIR=str(tmp_path / "async"))
+    proc = subprocess.run([ANSIBLE_PLAYBOOK, str(playbook)], env=env, capture_output=True, text=True, check=False,
+                          cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert os.path.islink(tree(case.links[0]["path"])), "the module did not link the path"
+    if not async_seconds:
+        assert glob.glob(str(remote_tmp / "ansible-tmp-*")) == [], "the module process left its temporary directory"
