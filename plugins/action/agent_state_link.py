@@ -12,20 +12,19 @@ from __future__ import annotations
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.module_utils.errors import UnsupportedError
 from ansible.plugins.action import ActionBase
-from ansible.utils.vars import merge_hash
+from ansible.plugins.action.normal import ActionModule as NormalAction
 
 from ansible_collections.agor.persistence.plugins.module_utils._engine import run_reporting_refusal
 from ansible_collections.agor.persistence.plugins.module_utils._spec import argument_spec
 
 
-class ActionModule(ActionBase):
-    TRANSFERS_FILES = False
-    _supports_async = True  # in a module process, as ansible.builtin.normal runs it
+class ActionModule(NormalAction):
+    """ansible.builtin.normal (how any module runs, async included), except where the engine can run here."""
 
     def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
         if not self._runs_as_controller():
-            return self._run_module_process(result, task_vars)
+            return super().run(tmp, task_vars)
+        result = ActionBase.run(self, tmp, task_vars)  # the checks every action makes (check mode, async), not normal's module run
         validation = ArgumentSpecValidator(argument_spec()).validate(self._task.args)
         if validation.error_messages:
             error = validation.errors[0]
@@ -35,14 +34,6 @@ class ActionModule(ActionBase):
         params = validation.validated_parameters
         result.update(run_reporting_refusal(params, check_mode=self._task.check_mode))
         result["invocation"] = {"module_args": params}
-        return result
-
-    def _run_module_process(self, result, task_vars):
-        """The module, run as ansible.builtin.normal runs any module (async included), its temporary directory removed."""
-        wrap_async = self._task.async_val and not self._connection.has_native_async
-        result = merge_hash(result, self._execute_module(task_vars=task_vars, wrap_async=wrap_async))
-        if not wrap_async:
-            self._remove_tmp_path(self._connection._shell.tmpdir)
         return result
 
     def _runs_as_controller(self):

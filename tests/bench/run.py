@@ -44,6 +44,7 @@ from benchlib import (  # noqa: E402
     Variant, agents_account, checks_table, clear_dir, command, extra_links, make_sessions, mem_available,
     populate_volume, run, side_by_side, table, tree_stats,
 )
+from rendering import MODULE_PROCESS  # noqa: E402
 
 FLOOR = os.path.join(BENCH, "playbooks", "floor.yml")
 MODULE_ONLY = os.path.join(BENCH, "playbooks", "module_only.yml")
@@ -51,9 +52,6 @@ START_VALIDATED = os.path.join(BENCH, "playbooks", "start_validated.yml")
 NAIVE = os.path.join(BENCH, "baseline", "naive.yml")
 ENGINE_ONCE = os.path.join(BENCH, "engine_once.py")
 PULL_WITHOUT_STALL = os.path.join(BENCH, "pull_without_stall.py")
-# Extra vars that make the agent_state_link task run its module in a process of its own, as over any
-# connection but the local one: become (su from root to root, so nothing else changes).
-MODULE_PROCESS = ("-e", "ansible_become=true", "-e", "ansible_become_method=ansible.builtin.su")
 SHELL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # The interpreter of the zipapp's shebang (Debian's, as in the image), else this one.
 COMMAND_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable

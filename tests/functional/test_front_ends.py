@@ -27,15 +27,13 @@ import pytest
 from agent_tree import Tree, outline, snapshot
 from cases import ABSENT_CASES, PREPARED_CASES, PRESENT_CASES
 from engine_command import build_command, run_command
-from rendering import ansible_env
+from rendering import MODULE_PROCESS, ansible_env
 
 ANSIBLE_PLAYBOOK = os.path.join(os.path.dirname(sys.executable), "ansible-playbook")
 # The subcommand of each state.
 SUBCOMMAND = {"present": "start", "prepared": "build", "absent": "rollback"}
 # The result agent_state_link documents (RETURN) besides the warnings.
 RESULT_KEYS = ("changed", "links", "backup_dir", "volume_owner_changed", "diff")
-# Extra vars that send the task to a module process: become, su from root to root (no password).
-MODULE_PROCESS = ("-e", "ansible_become=true", "-e", "ansible_become_method=ansible.builtin.su")
 # Backup directories are named after the time of the run.
 STAMP = re.compile(r"/\.agent-state-link/backups/[^/\"]+")
 

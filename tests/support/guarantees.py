@@ -9,9 +9,11 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import typing as t
 
 from agent_tree import Tree, contents, sha256_of, shape
+from fault_injection import run_with_faults
 
 BOOKKEEPING = ("lock", "staging", "pending-backup")
 _STAMP = re.compile(r"(\.agent-state-link/backups/)[^/]+")
@@ -97,11 +99,7 @@ def read_through(path: str) -> t.Dict[str, str]:
 
 def killed_before_each_call(sandbox, params, calls, manifest):
     """For each filesystem call of an uninterrupted run, in turn: a fresh sandbox, the engine killed
-    just before that call, nothing lost.  Yields (tree, when) for the caller's rerun checks."""
-    import signal  # pylint: disable=import-outside-toplevel
-
-    from fault_injection import run_with_faults  # pylint: disable=import-outside-toplevel
-
+    just before that call, nothing lost.  Yields (call number, tree, when) for the caller's rerun checks."""
     for call in range(1, len(calls) + 1):
         tree = sandbox.reset()
         code, _calls = run_with_faults(params, kill_before=call)

@@ -18,6 +18,9 @@ import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROLE = os.path.join(REPO, "roles", "agor_persistence")
+# Extra vars that send the agent_state_link task to a module process of its own, as over any connection
+# but the local one: become, su from root to root (no password, nothing else changes).
+MODULE_PROCESS = ("-e", "ansible_become=true", "-e", "ansible_become_method=ansible.builtin.su")
 
 
 def ansible_env() -> t.Dict[str, str]:
