@@ -254,7 +254,12 @@ class Executor:
             try:
                 if not self._is_planned_link(parent_fd, name, step):
                     raise AgentStateLinkError(f"{step.path}: is no longer the link the run planned to replace; left as it is, rerun")
-                if step.identity is None or stat.S_ISDIR(t.cast(os.stat_result, _fs.lstat_at(parent_fd, tmp)).st_mode):
+                filled = _fs.lstat_at(parent_fd, tmp)
+                if filled is None:
+                    raise AgentStateLinkError(
+                        f"{step.path}: the copy being put in its place was moved away meanwhile; the volume keeps the original, rerun"
+                    )
+                if step.identity is None or stat.S_ISDIR(filled.st_mode):
                     if step.identity is not None:
                         os.unlink(name, dir_fd=parent_fd)  # rename cannot put a directory over a link
                     _fs.rename_noreplace_at(parent_fd, tmp, parent_fd, name)

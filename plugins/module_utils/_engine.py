@@ -88,9 +88,12 @@ def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
     try:
         with B.store_lock(store_fd, job.store_root, check_mode, job.lock_timeout) if store_fd is not None else _nothing():
             root = plan_root(job, store_fd)
-            if job.conflict == "fail" and not check_mode:
-                # Every account's conflicts are known before root or any account changes anything.
-                _refuse_conflicts([_as_owner(territory, job, True) for territory in root.territories])
+            if not check_mode and (root.changed or job.conflict == "fail"):
+                # Every account's refusals (and with conflict=fail its conflicts) are known before
+                # root changes anything; a run with nothing for root to do needs no preview.
+                previews = [_as_owner(territory, job, True) for territory in root.territories]
+                if job.conflict == "fail":
+                    _refuse_conflicts(previews)
             if not check_mode and root.changed:
                 store_fd = apply_root(job, root, store_fd)
             results = [_as_owner(territory, job, check_mode) for territory in root.territories]
@@ -278,8 +281,8 @@ def apply_root(job: Job, root: RootPlan, store_fd: t.Optional[int]) -> int:
     """Do root's part of the plan; return the store root's descriptor (made now at a first build).
 
     Root creates directories only in directories that root owns and nobody else can write, or
-    through a descriptor of the store root it has checked; each is made under a temporary name
-    and renamed into place once owned and moded (see _fs.make_dir_at)."""
+    through a descriptor of the store root it has checked; each appears with its final owner and
+    mode (see _fs.make_dir_at)."""
     for path, uid, gid, mode in root.directories:
         parent = os.path.dirname(path)
         if store_fd is not None and is_within(parent, job.store_root):

@@ -82,48 +82,51 @@ def open_anchor(path: str) -> t.Optional[int]:
     not exist.
     """
     parts = [p for p in path.split("/") if p]
-    fd = os.open("/", DIR_FLAGS)
-    try:
-        for index, part in enumerate(parts):
-            # The directories on the way are only passed through (O_PATH: search permission is
-            # enough, as for any path lookup); the anchor itself is opened for reading.
-            passing = os.O_PATH if index < len(parts) - 1 else os.O_RDONLY
-            st = lstat_at(fd, part)
-            if st is None:
-                os.close(fd)
-                return None
-            if stat.S_ISLNK(st.st_mode):
-                parent = os.fstat(fd)
-                if st.st_uid != 0 or parent.st_uid != 0 or parent.st_mode & 0o022:
-                    raise AgentStateLinkError(
-                        f"{path}: component {part!r} is a symlink owned by uid {st.st_uid} in a directory owned by uid "
-                        f"{parent.st_uid} with mode {stat.S_IMODE(parent.st_mode):04o}; only a root-owned link in a "
-                        "directory that only root can write is followed"
-                    )
-                next_fd = os.open(part, passing | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-            elif stat.S_ISDIR(st.st_mode):
-                next_fd = os.open(part, passing | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            else:
-                raise AgentStateLinkError(f"{path}: component {part!r} is not a directory")
-            os.close(fd)
-            fd = next_fd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+
+    def open_next(fd: int, index: int, part: str) -> t.Optional[int]:
+        # The directories on the way are only passed through (O_PATH: search permission is
+        # enough, as for any path lookup); the anchor itself is opened for reading.
+        passing = os.O_PATH if index < len(parts) - 1 else os.O_RDONLY
+        st = lstat_at(fd, part)
+        if st is None:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            parent = os.fstat(fd)
+            if st.st_uid != 0 or parent.st_uid != 0 or parent.st_mode & 0o022:
+                raise AgentStateLinkError(
+                    f"{path}: component {part!r} is a symlink owned by uid {st.st_uid} in a directory owned by uid "
+                    f"{parent.st_uid} with mode {stat.S_IMODE(parent.st_mode):04o}; only a root-owned link in a "
+                    "directory that only root can write is followed"
+                )
+            return os.open(part, passing | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        if stat.S_ISDIR(st.st_mode):
+            return os.open(part, passing | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        raise AgentStateLinkError(f"{path}: component {part!r} is not a directory")
+
+    return _descend(os.open("/", DIR_FLAGS), parts, open_next)
 
 
 def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
     """Open ``anchor/parts...`` strictly (no links); None when a component is missing."""
-    fd = os.dup(anchor_fd)
+
+    def open_next(fd: int, _index: int, part: str) -> t.Optional[int]:
+        try:
+            return open_dir_at(fd, part)
+        except FileNotFoundError:
+            return None
+
+    return _descend(os.dup(anchor_fd), parts, open_next)
+
+
+def _descend(fd: int, parts: t.Sequence[str], open_next: t.Callable[[int, int, str], t.Optional[int]]) -> t.Optional[int]:
+    """From ``fd`` (which this takes over) down ``parts``, each opened by ``open_next(fd, index, part)``;
+    the last descriptor, or None when ``open_next`` finds a component missing."""
     try:
-        for part in parts:
-            try:
-                next_fd = open_dir_at(fd, part)
-            except FileNotFoundError:
-                os.close(fd)
-                return None
+        for index, part in enumerate(parts):
+            next_fd = open_next(fd, index, part)
             os.close(fd)
+            if next_fd is None:
+                return None
             fd = next_fd
         return fd
     except BaseException:
@@ -132,18 +135,29 @@ def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
 
 
 def make_dir_at(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> None:
-    """Create a directory and set its owner and mode through a no-follow descriptor.
+    """Create a directory with its final owner and mode, never visible with others.
 
-    A directory that mkdir cannot create with its final owner and mode is made under a temporary
-    name beside ``name`` and renamed into place once owned and moded: killed in between, a run
-    must not leave (say) a root-owned 0700 parent that the agents' user cannot enter, which no
-    rerun would re-own.  Our own private directories keep plain mkdir, whose EEXIST serializes
-    concurrent creators.
+    A directory of this process's own uid and gid is born right: one mkdir with the umask cleared,
+    whose EEXIST also serializes concurrent creators.  Any other, or one that mkdir cannot give its
+    mode (set-user-ID or set-group-ID bits, or a set-group-ID parent that would hand it the
+    parent's group and its set-group-ID bit), is made under a temporary
+    name beside ``name`` and renamed into place once owned and moded through a no-follow
+    descriptor: killed in between, a run must not leave (say) a root-owned 0700 parent that the
+    agents' user cannot enter, which no rerun would re-own.  A temporary name in a directory the
+    user can write is one more entry of root's that the user can move, so root's own directories
+    (``<volume>/users``) are born right.
     """
-    private = (uid, gid, mode) == (os.geteuid(), os.getegid(), 0o700)
-    if not private and lstat_at(dir_fd, name) is not None:
+    if ((uid, gid) == (os.geteuid(), os.getegid()) and not mode & (stat.S_ISUID | stat.S_ISGID)
+            and not os.fstat(dir_fd).st_mode & stat.S_ISGID):
+        umask = os.umask(0)  # the engine is single-threaded: nothing else creates files meanwhile
+        try:
+            os.mkdir(name, mode, dir_fd=dir_fd)
+        finally:
+            os.umask(umask)
+        return
+    if lstat_at(dir_fd, name) is not None:
         raise FileExistsError(errno.EEXIST, "File exists", name)
-    new = name if private else _new_dir_name(dir_fd, name)
+    new = _new_dir_name(dir_fd, name)
     os.mkdir(new, 0o700, dir_fd=dir_fd)
     fd = open_dir_at(dir_fd, new)
     try:
@@ -151,12 +165,11 @@ def make_dir_at(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
-    if new != name:
-        try:
-            os.rename(new, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            os.rmdir(new, dir_fd=dir_fd)  # something took the name meanwhile; ours is still empty
-            raise
+    try:
+        os.rename(new, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        os.rmdir(new, dir_fd=dir_fd)  # something took the name meanwhile; ours is still empty
+        raise
 
 
 def _new_dir_name(dir_fd: int, name: str) -> str:

@@ -53,10 +53,16 @@ class Account:
         return (self.uid, self.gid) == (os.geteuid(), os.getegid())
 
 
+class AccountProcessCrash(Exception):
+    """An engine bug met in an account's process: raised in root's process like any other bug
+    (a traceback, never a refusal that reads as the user's doing), carrying the child's traceback."""
+
+
 def run_as(account: Account, function: t.Callable[[], t.Any]) -> t.Any:
     """Return ``function()`` computed as ``account``: in this process when it already runs as that
     account, else in a child that has dropped to it for good.  ``function`` returns JSON data;
-    an AgentStateLinkError raised in the child is raised here with the same message."""
+    an AgentStateLinkError raised in the child is raised here with the same message, any other
+    exception as an AccountProcessCrash."""
     if account.is_current():
         return function()
     if os.geteuid() != 0:
@@ -81,6 +87,8 @@ def run_as(account: Account, function: t.Callable[[], t.Any]) -> t.Any:
     message = json.loads(data.decode("utf-8"))
     if "error" in message:
         raise AgentStateLinkError(message["error"])
+    if "crash" in message:
+        raise AccountProcessCrash(f"the process acting as uid {account.uid} crashed:\n{message['crash']}")
     return message["result"]
 
 
@@ -96,7 +104,7 @@ def _child(account: Account, groups: t.List[int], function: t.Callable[[], t.Any
         except AgentStateLinkError as exc:
             answer = {"error": str(exc)}
         except Exception:  # an engine bug: report it whole rather than as a silent child death
-            answer = {"error": "internal error as uid %d: %s" % (account.uid, traceback.format_exc())}
+            answer = {"crash": traceback.format_exc()}
         data = json.dumps(answer).encode("utf-8")
         view = memoryview(data)
         while view:

@@ -84,6 +84,7 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
     assert attacked, "the attacker could not set up its attack"
     before, victim_before = protected(tree, victim=False), snapshot(VICTIM_HOME)
     owners, manifest = owners_by_inode(tree.home, VICTIM_HOME), contents(tree.home) + contents(VICTIM_HOME)
+    volume_names = sorted(os.listdir(tree("vol:")))
 
     with root_watch([tree.home, VICTIM_HOME], planted=roots_own) as seen:
         _result, refusal = run_or_refuse(params)
@@ -95,6 +96,7 @@ def test_cross_user_in_one_volume(arena, attack, after_a_start, offending):
     if refusal is not None:
         assert_refusal_names(refusal, *(tree(ref) for ref in offending))
         assert snapshot(VICTIM_HOME) == victim_before, "refused, yet the other user's home changed"
+        assert sorted(os.listdir(tree("vol:"))) == volume_names, "refused, yet root made directories in the volume first"
     else:
         assert_beyond_the_attackers_reach(tree, params["links"][1]["target"])
     assert_no_root_owned([tree.home, VICTIM_HOME], seen, planted=roots_own)

@@ -13,7 +13,8 @@ import shutil
 
 from agent_tree import CLAUDE, CLAUDE_JSON_BARE, CODEX, Link, read, shape, snapshot, write
 from attacker import (
-    ATTACKER, AttackersContainer, assert_no_root_owned, assert_refusal_names, changed_keys, racing, root_watch, run_or_refuse,
+    ATTACKER, AttackersContainer, as_user, assert_no_root_owned, assert_refusal_names, changed_keys, racing, root_watch,
+    run_or_refuse,
 )
 from mounts import give_to
 from guarantees import user_data
@@ -91,7 +92,8 @@ def test_rollback_racing_a_save(arena, figures):
 def test_restore_copy_renamed_away_mid_rollback(arena, figures):
     """``state: absent`` of ~/.claude while the agents' user renames every new entry of its home
     away: each run completes or refuses with a clear error (never an AttributeError or another
-    traceback), the volume keeps every file, and the user never catches a root-owned entry."""
+    traceback: run_or_refuse lets those escape), the volume keeps every file, and the user never
+    catches a root-owned entry."""
     tree = arena
     tree.build({f"vol:.claude/projects/-w/s{index}.jsonl": f"session {index}" for index in range(40)})
     os.makedirs(tree("home:loot"))
@@ -104,9 +106,8 @@ def test_restore_copy_renamed_away_mid_rollback(arena, figures):
         for _trial in range(runs):
             if os.path.isdir(tree("home:.claude")) and not os.path.islink(tree("home:.claude")):
                 shutil.rmtree(tree("home:.claude"))  # the restored copy: the volume keeps the original
-            if not os.path.lexists(tree("home:.claude")):
-                os.symlink(tree("vol:.claude"), tree("home:.claude"))
-                os.lchown(tree("home:.claude"), ATTACKER, ATTACKER)
+            if not os.path.lexists(tree("home:.claude")):  # the link of a start, made as its owner makes it
+                assert as_user(ATTACKER, os.symlink, tree("vol:.claude"), tree("home:.claude"))
             _result, refusal = run_or_refuse(params)
             key = "completed" if refusal is None else refusal[:100]
             outcomes[key] = outcomes.get(key, 0) + 1

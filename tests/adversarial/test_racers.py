@@ -18,6 +18,7 @@ a user can move it (a watcher scans during the runs).
 from __future__ import annotations
 
 import os
+import typing as t
 
 import pytest
 
@@ -104,20 +105,28 @@ def test_racers_against_runs(arena, mode, figures):
     runs, outcomes = attack_runs(50), {}
     watching = root_watch([tree.home, VICTIM_HOME], planted=planted)
     with watching as seen, racing(racer_moves(tree)) as report, racing(stealer_moves(tree)) as stealer:
-        for index in range(runs):
+        # The racers win most runs (2-20% complete a change, by mode); past ``runs``, runs go on until
+        # one has got through, up to four times as many, so that the last assertion tests the engine.
+        for index in range(4 * runs):
+            if index >= runs and any(key.endswith(": completed") for key in outcomes):
+                break
             state, before_run = turns[index % len(turns)]
             as_user(ATTACKER, before_run, tree, index)
-            _result, refusal = run_or_refuse(tree.params(CLAUDE, CLAUDE_JSON_BARE, NESTED, state=state, **base))
-            key = f"{state}: " + ("completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:90])
+            result, refusal = run_or_refuse(tree.params(CLAUDE, CLAUDE_JSON_BARE, NESTED, state=state, **base))
+            if result is not None:
+                key = f"{state}: completed" + ("" if result["changed"] else ", nothing to do")
+            else:
+                key = f"{state}: " + t.cast(str, refusal).split(";", maxsplit=1)[0][:90]
             outcomes[key] = outcomes.get(key, 0) + 1
             after = protected(tree)
             assert after == before, f"run {index} ({state}): changed outside the allowed paths: {changed_keys(before, after)[:5]}"
             assert secret not in hashes_readable_by(ATTACKER, tree.home), f"run {index} ({state}): the attacker can read the root-only file"
-    figures(runs=runs, racer_moves=report["moves"], stolen=stealer["stolen"], outcomes=outcomes)
+    figures(runs=sum(outcomes.values()), racer_moves=report["moves"], stolen=stealer["stolen"], outcomes=outcomes)
     assert report["moves"] >= runs, f"the racer hardly ran: {report['moves']} moves"
     assert stealer["root_owned"] == [], f"the agents' user caught root-owned entries: {stealer['root_owned'][:5]}"
-    # Not vacuous: some starts (or builds) got through the racers (rollbacks are counted in the figures).
-    assert outcomes.get(f"{turns[0][0]}: completed"), f"no {turns[0][0]} run completed: {outcomes}"
+    # Not vacuous: some run got through the racers and changed something (a rollback with nothing
+    # to roll back does not count).
+    assert any(key.endswith(": completed") for key in outcomes), f"no run completed a change: {outcomes}"
     assert_no_root_owned([tree.home, VICTIM_HOME], seen, planted=planted)
 
 
