@@ -16,7 +16,6 @@ import os
 import re
 import stat
 import typing as t
-from dataclasses import dataclass, field, replace
 
 from ansible_collections.agor.persistence.plugins.module_utils import _bookkeeping as B
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
@@ -54,18 +53,20 @@ def run_reporting_refusal(params: t.Mapping[str, t.Any], check_mode: bool = Fals
         return {"failed": True, "changed": False, "msg": relabel(str(exc), params["labels"])}
 
 
-@dataclass
 class RootPlan:
     """What only root does, before any account's links are handled."""
 
-    store_owner: t.Optional[t.Tuple[int, int]] = None  # set when the store root must be re-owned
-    store_owner_before: t.Tuple[int, int] = (0, 0)
-    # (path, uid, gid, mode) of directories root creates: the seed store's missing ancestors, and
-    # <store>/users and <store>/users/<name> for accounts other than the store root's owner.
-    directories: t.List[t.Tuple[str, int, int, int]] = field(default_factory=list)
-    # Steps shown on the link that needs them, by link index.
-    steps: t.Dict[int, t.List[t.Dict[str, str]]] = field(default_factory=dict)
-    territories: t.List[P.Territory] = field(default_factory=list)
+    __slots__ = ("store_owner", "store_owner_before", "directories", "steps", "territories")
+
+    def __init__(self) -> None:
+        self.store_owner: t.Optional[t.Tuple[int, int]] = None  # set when the store root must be re-owned
+        self.store_owner_before: t.Tuple[int, int] = (0, 0)
+        # (path, uid, gid, mode) of directories root creates: the seed store's missing ancestors, and
+        # <store>/users and <store>/users/<name> for accounts other than the store root's owner.
+        self.directories: t.List[t.Tuple[str, int, int, int]] = []
+        # Steps shown on the link that needs them, by link index.
+        self.steps: t.Dict[int, t.List[t.Dict[str, str]]] = {}
+        self.territories: t.List[P.Territory] = []
 
     @property
     def changed(self) -> bool:
@@ -126,9 +127,9 @@ def resolve_owners(job: Job) -> Job:
             if home not in owners:
                 owners[home] = _nearest_existing_status(home)
             st = owners[home]
-            link = replace(link, uid=st.st_uid, gid=st.st_gid if link.gid is None else link.gid)
+            link = link._replace(uid=st.st_uid, gid=st.st_gid if link.gid is None else link.gid)
         links.append(link)
-    return replace(job, links=tuple(links))
+    return job._replace(links=tuple(links))
 
 
 def _nearest_existing_status(path: str) -> os.stat_result:

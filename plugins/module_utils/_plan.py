@@ -18,7 +18,6 @@ import enum
 import os
 import stat
 import typing as t
-from dataclasses import dataclass, field
 
 from ansible_collections.agor.persistence.plugins.module_utils import _bookkeeping as B
 from ansible_collections.agor.persistence.plugins.module_utils import _fs
@@ -65,8 +64,7 @@ class Kind(str, enum.Enum):
     OTHER = "other"  # a socket, FIFO or device
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(t.NamedTuple):
     """What stands at a path: its kind, and for a symlink the text it holds."""
 
     kind: Kind
@@ -89,8 +87,7 @@ def entry_at(dir_fd: t.Optional[int], name: str) -> Entry:
     return Entry(kind, os.readlink(name, dir_fd=dir_fd) if kind is Kind.LINK else "")
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(t.NamedTuple):
     action: Action
     path: str
     dest: str = ""
@@ -105,8 +102,7 @@ class Step:
         return result
 
 
-@dataclass(frozen=True)
-class Territory:
+class Territory(t.NamedTuple):
     """The links of one account, and where below the store root it keeps them: the store root
     itself for the store root's owner, ``users/<name>`` for any other account."""
 
@@ -116,13 +112,17 @@ class Territory:
     links: t.Tuple[LinkSpec, ...]
 
 
-@dataclass
 class LinkPlan:
-    link: LinkSpec
-    store: str                       # where the content lives for this run: the target, or its place in the seed store
-    before: Entry                    # what stood at the path
-    target_before: t.Optional[Entry]  # what stood at the target; None when not inspected (prepared, nothing to keep)
-    steps: t.List[Step] = field(default_factory=list)
+    """What to do for one link: planned first, then shown (check mode, diff, audit) or applied."""
+
+    __slots__ = ("link", "store", "before", "target_before", "steps")
+
+    def __init__(self, link: LinkSpec, store: str, before: Entry, target_before: t.Optional[Entry]) -> None:
+        self.link = link
+        self.store = store  # where the content lives for this run: the target, or its place in the seed store
+        self.before = before  # what stood at the path
+        self.target_before = target_before  # what stood at the target; None when not inspected (prepared, nothing to keep)
+        self.steps: t.List[Step] = []
 
     @property
     def changed(self) -> bool:
@@ -139,12 +139,16 @@ class LinkPlan:
         return [step for step in self.steps if step.action in CONFLICT_ACTIONS]
 
 
-@dataclass
 class TerritoryPlan:
-    job: Job
-    territory: Territory
-    links: t.List[LinkPlan]
-    backup_dir: str
+    """The plans of one account's links."""
+
+    __slots__ = ("job", "territory", "links", "backup_dir")
+
+    def __init__(self, job: Job, territory: Territory, links: t.List[LinkPlan], backup_dir: str) -> None:
+        self.job = job
+        self.territory = territory
+        self.links = links
+        self.backup_dir = backup_dir
 
     @property
     def changed(self) -> bool:
@@ -470,8 +474,7 @@ class Planner:
 
     def _plan_backup(self, src_fd: int, name: str, src_path: str) -> t.List[Step]:
         """Back up a home entry; an earlier interrupted run's partial backup is completed, not repeated."""
-        dest = backup_location(self.backup_dir, src_path)
-        parent_fd = self._backup_parent(dest)
+        dest, parent_fd = self._backup_place(src_path)
         if parent_fd is None or _fs.lstat_at(parent_fd, name) is None:
             if parent_fd is not None:
                 os.close(parent_fd)
@@ -486,19 +489,43 @@ class Planner:
             return [Step(Action.BACKUP, src_path, self._free_backup_location(src_path))]
         return steps
 
-    def _backup_parent(self, dest: str) -> t.Optional[int]:
-        """The directory a backup goes to, when it exists already (an unfinished run's backup)."""
-        rel_parts = os.path.relpath(os.path.dirname(dest), self.meta_path).split("/")
+    def _backup_place(self, path: str) -> t.Tuple[str, t.Optional[int]]:
+        """Where ``path`` is backed up, and a descriptor of that place's directory when it exists
+        already (a run that failed before finishing left its backup directory for the rerun, see
+        _bookkeeping).  A directory on the way that such a run filled with something else (a link
+        it backed up from the volume, say, where a path with children is backed up now) gives way to
+        the first ``<name>.<n>`` that is free or a directory: else every later run would refuse."""
+        dest = backup_location(self.backup_dir, path)
+        rel = os.path.relpath(os.path.dirname(dest), self.backup_dir)
+        parts = [] if rel == "." else rel.split("/")
         meta_fd = self.meta_fd()
-        return None if meta_fd is None else _fs.walk_at(meta_fd, rel_parts)
+        fd = None if meta_fd is None else _fs.walk_at(meta_fd, os.path.relpath(self.backup_dir, self.meta_path).split("/"))
+        try:
+            for index, part in enumerate(parts):
+                if fd is None:
+                    break
+                name, number = part, 0
+                st = _fs.lstat_at(fd, name)
+                while st is not None and not stat.S_ISDIR(st.st_mode):
+                    number += 1
+                    name = f"{part}.{number}"
+                    st = _fs.lstat_at(fd, name)
+                parts[index] = name
+                next_fd = None if st is None else _fs.open_dir_at(fd, name)
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            if fd is not None:
+                os.close(fd)
+            raise
+        return os.path.join(self.backup_dir, *parts, os.path.basename(dest)), fd
 
     def _free_backup_location(self, path: str) -> str:
         """``path``'s place in the backup directory or, when a run that failed before finishing
-        (its backup directory is reused, see _bookkeeping) left something there, the first free
-        ``<place>.<n>``: found by tests/reliability/test_hostile_volume.py, where a link planted
-        again after a failed run made every later run refuse."""
-        dest = backup_location(self.backup_dir, path)
-        parent_fd = self._backup_parent(dest)
+        left something there, the first free ``<place>.<n>``: found by
+        tests/reliability/test_hostile_volume.py, where a link planted again after a failed run
+        made every later run refuse."""
+        dest, parent_fd = self._backup_place(path)
         if parent_fd is None:
             return dest
         name, number = os.path.basename(dest), 0

@@ -24,15 +24,12 @@ import grp
 import json
 import os
 import pwd
-import traceback
 import typing as t
-from dataclasses import dataclass
 
 from ansible_collections.agor.persistence.plugins.module_utils._spec import AgentStateLinkError
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(t.NamedTuple):
     """The credentials a child process takes: uid, primary gid and supplementary groups."""
 
     uid: int
@@ -103,8 +100,8 @@ def _child(account: Account, groups: t.List[int], function: t.Callable[[], t.Any
             answer: t.Dict[str, t.Any] = {"result": function()}
         except AgentStateLinkError as exc:
             answer = {"error": str(exc)}
-        except Exception:  # an engine bug: report it whole rather than as a silent child death
-            answer = {"crash": traceback.format_exc()}
+        except Exception as exc:  # an engine bug: report it whole rather than as a silent child death
+            answer = {"crash": _describe_crash(exc)}
         data = json.dumps(answer).encode("utf-8")
         view = memoryview(data)
         while view:
@@ -112,6 +109,19 @@ def _child(account: Account, groups: t.List[int], function: t.Callable[[], t.Any
         code = 0
     finally:
         os._exit(code)
+
+
+def _describe_crash(exc: BaseException) -> str:
+    """``exc`` as a traceback without source lines: traceback.format_exc would cost every start
+    the import of traceback, linecache and textwrap, for a path taken only by a bug."""
+    lines = ["Traceback (most recent call last):"]
+    frame = exc.__traceback__
+    while frame is not None:
+        code = frame.tb_frame.f_code
+        lines.append(f'  File "{code.co_filename}", line {frame.tb_lineno}, in {code.co_name}')
+        frame = frame.tb_next
+    lines.append(f"{type(exc).__name__}: {exc}")
+    return "\n".join(lines)
 
 
 PR_SET_DUMPABLE = 4  # linux/prctl.h

@@ -15,7 +15,6 @@ import os
 import pwd
 import re
 import typing as t
-from dataclasses import dataclass
 
 STATES = ("present", "prepared", "absent")
 KINDS = ("directory", "file")
@@ -53,8 +52,7 @@ class AgentStateLinkError(Exception):
         super().__init__(printable(message))
 
 
-@dataclass(frozen=True)
-class LinkSpec:
+class LinkSpec(t.NamedTuple):
     """One state path and where it lives in the volume.
 
     ``uid``/``gid`` are None until the run resolves them when no owner was given: the state then
@@ -89,8 +87,7 @@ def relabel(message: str, labels: t.Mapping[str, str]) -> str:
     return re.sub(pattern, lambda match: labels[match.group(1)], message)
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(t.NamedTuple):
     """Everything one module run does, validated."""
 
     links: t.Tuple[LinkSpec, ...]

@@ -66,6 +66,14 @@ def write_session(tree, index):
     write(tree(f"home:.claude/run-{index}/session.jsonl"), f"session of run {index}")
 
 
+def pending_sessions(tree):
+    """How many sessions of earlier runs wait in a real ~/.claude (none when it is a link)."""
+    home_claude = tree("home:.claude")
+    if os.path.islink(home_claude) or not os.path.isdir(home_claude):
+        return 0
+    return sum(name.startswith("run-") for name in os.listdir(home_claude))
+
+
 PLANTED = {
     "target linked to /etc": ({"vol:.claude": Link("/etc"), "home:.claude/settings.json": "{}"}, [CLAUDE]),
     "file target linked to /etc/shadow": ({"vol:.claude.json": Link("/etc/shadow"), "home:.claude.json": '{"a": 1}'}, [CLAUDE_JSON]),
@@ -152,8 +160,8 @@ RACE_RUNS, RACE_SECONDS = 40, 2.0
 def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     """A second process, as the agents' user, keeps swapping the targets, an intermediate
     directory and the home path for links to /etc, /etc/shadow and the victim's home, while the
-    engine runs again and again (RACE_RUNS times, and RACE_SECONDS at least), each time with new
-    state to migrate in the home."""
+    engine runs again and again (RACE_RUNS times and RACE_SECONDS at least, then on until one run
+    has completed), each time with new state to migrate in the home."""
     tree = hostile
     links = [CLAUDE, CLAUDE_JSON, NESTED]
     params = tree.params(*links, owner=str(ATTACKER), group=str(ATTACKER))
@@ -168,12 +176,17 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     outcomes, index = {}, 0
     began = time.monotonic()
     with racing([{"swap": tree(path), "to": dest} for path, dest in swaps]) as report:
-        while index < RACE_RUNS or time.monotonic() - began < RACE_SECONDS:
+        # The racer wins most runs (some path is swapped most of the time), so runs go on past the
+        # minimum until one has completed, for up to ten times as long.
+        while (index < RACE_RUNS or time.monotonic() - began < RACE_SECONDS
+               or not outcomes.get("completed") and time.monotonic() - began < 10 * RACE_SECONDS):
             index += 1
             # New state in a real ~/.claude, written as the agents' user: the racer may be swapping
             # that path for a link to /etc this very moment, and root writing through it would
-            # be the test's own escape, not the engine's.
-            if as_user(ATTACKER, write_session, tree, index):
+            # be the test's own escape, not the engine's.  Not while three or more wait there: each
+            # run the racer fails leaves them all for the next, whose longer migration it fails
+            # more surely, until no run completes at all.
+            if pending_sessions(tree) < 3 and as_user(ATTACKER, write_session, tree, index):
                 written.append(f"session of run {index}")
             _result, refusal = run_or_refuse(params)
             key = "completed" if refusal is None else refusal.split(";", maxsplit=1)[0][:300]
@@ -196,19 +209,43 @@ def test_target_swapped_for_a_link_between_check_and_use(hostile, figures):
     assert outcomes.get("completed", 0) >= 1
 
 
-def test_link_planted_again_after_a_failed_run(hostile, mounts):
-    """A run backs up a link planted at the target, then fails (the home is read-only: the sources
-    cannot go) and keeps its backup directory for the rerun.  The attacker moves the new target
-    aside and plants a link there again: the rerun must back it up beside the first one, not refuse
-    (before the fix every later run refused, so the container could never start again)."""
-    tree = hostile
-    tree.build({"vol:.claude": Link("/etc"), "home:.claude/s.jsonl": "session"})
-    give_to(ATTACKER, tree.home)
-    params = tree.params(CLAUDE, owner=str(ATTACKER), group=str(ATTACKER))
-    before, manifest = protected(tree), tree.manifest()
-    fail_on_a_read_only_home(tree, mounts, params)
+def replant_at_the_target(tree):
     os.rename(tree("vol:.claude"), tree("vol:.claude-moved-aside"))
     os.symlink("/home/victim", tree("vol:.claude"))
+
+
+def replant_below_users(tree):  # users and users/agor, which the failed run made; users/agor moved aside
+    os.makedirs(tree("vol:users/agor"), exist_ok=True)
+    os.rename(tree("vol:users/agor"), tree("vol:users/agor-moved-aside"))
+    os.symlink("/home/victim", tree("vol:users/agor"))
+
+
+# (layout, link, the attacker's move after the failed run, where the rerun backs up the new link,
+# where the failed run backed up the first)
+REPLANTED = {
+    "a link planted at the target again": (
+        {"vol:.claude": Link("/etc"), "home:.claude/s.jsonl": "session"}, CLAUDE, replant_at_the_target, "/.claude.1", "/.claude"),
+    "a link planted below a directory whose link was backed up": (
+        {"vol:users": Link("/etc"), "home:.copilot/config.json": "{}"}, NESTED, replant_below_users, "/users.1/agor", "/users"),
+}
+
+
+@pytest.mark.parametrize("layout, link, replant, second, first", REPLANTED.values(), ids=REPLANTED.keys())
+def test_link_planted_again_after_a_failed_run(hostile, mounts, layout, link, replant, second, first):
+    """A run backs up a link planted in the target's chain, then fails (the home is read-only: the
+    sources cannot go) and keeps its backup directory for the rerun.  The attacker plants a link
+    there again, at the target or below the directory whose link was backed up: the rerun must
+    back it up beside the first one (``<name>.1``), not refuse.  Before each fix every later run
+    refused, on the first backup's name or on the link in the way, so the container never started
+    again."""
+    tree = hostile
+    tree.build(layout)
+    give_to(ATTACKER, tree.home)
+    params = tree.params(link, owner=str(ATTACKER), group=str(ATTACKER))
+    before = protected(tree)
+    fail_on_a_read_only_home(tree, mounts, params)
+    assert as_user(ATTACKER, replant, tree)
+    manifest = user_data(tree)  # the user's files now, not the kept backup's pending-backup record
 
     result, refusal = run_or_refuse(params)
 
@@ -217,8 +254,8 @@ def test_link_planted_again_after_a_failed_run(hostile, mounts):
     assert_linked(tree, params)
     assert_nothing_lost(tree, manifest, "after the rerun")
     backups = [entry["backup"] for record in result["links"] for entry in record["backups"]]
-    assert len(backups) == 1 and backups[0].endswith("/.claude.1") and os.readlink(backups[0]) == "/home/victim"
-    assert os.readlink(backups[0][:-2]) == "/etc", "the first planted link, backed up by the failed run"
+    assert len(backups) == 1 and backups[0].endswith(second) and os.readlink(backups[0]) == "/home/victim", backups
+    assert os.readlink(backups[0][:-len(second)] + first) == "/etc", "the first planted link, backed up by the failed run"
 
 
 def fail_on_a_read_only_home(tree, mounts, params):
