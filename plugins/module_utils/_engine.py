@@ -69,10 +69,6 @@ class RootPlan:
         self.territories: t.List[P.Territory] = []
 
     @property
-    def changed(self) -> bool:
-        return self.store_owner is not None or bool(self.directories)
-
-    @property
     def store_owner_change(self) -> t.Optional[t.Tuple[t.Tuple[int, int], t.Tuple[int, int]]]:
         return None if self.store_owner is None else (self.store_owner_before, self.store_owner)
 
@@ -89,13 +85,17 @@ def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
     try:
         with B.store_lock(store_fd, job.store_root, check_mode, job.lock_timeout) if store_fd is not None else _nothing():
             root = plan_root(job, store_fd)
-            if not check_mode and (root.changed or job.conflict == "fail"):
+            if not check_mode and store_fd is not None and root.store_owner is not None:
+                # Handed over first (what manage_volume_root asks): the previews below run as the
+                # accounts, which must be able to enter a volume root that was root's 0700.
+                os.fchown(store_fd, *root.store_owner)
+            if not check_mode and (root.directories or job.conflict == "fail"):
                 # Every account's refusals (and with conflict=fail its conflicts) are known before
-                # root changes anything; a run with nothing for root to do needs no preview.
+                # root makes a directory; a run with none to make needs no preview.
                 previews = [_as_owner(territory, job, True) for territory in root.territories]
                 if job.conflict == "fail":
                     _refuse_conflicts(previews)
-            if not check_mode and root.changed:
+            if not check_mode and root.directories:
                 store_fd = apply_root(job, root, store_fd)
             results = [_as_owner(territory, job, check_mode) for territory in root.territories]
             _refuse_conflicts(results)
@@ -284,6 +284,7 @@ def apply_root(job: Job, root: RootPlan, store_fd: t.Optional[int]) -> int:
     Root creates directories only in directories that root owns and nobody else can write, or
     through a descriptor of the store root it has checked; each appears with its final owner and
     mode (see _fs.make_dir_at)."""
+    made_store_root = store_fd is None
     for path, uid, gid, mode in root.directories:
         parent = os.path.dirname(path)
         if store_fd is not None and is_within(parent, job.store_root):
@@ -301,7 +302,7 @@ def apply_root(job: Job, root: RootPlan, store_fd: t.Optional[int]) -> int:
             store_fd = _fs.open_anchor(path)
     if store_fd is None:
         raise AgentStateLinkError(f"{job.store_root}: could not be created")
-    if root.store_owner is not None:
+    if made_store_root and root.store_owner is not None:  # an existing one was handed over already (_run)
         os.fchown(store_fd, *root.store_owner)
     return store_fd
 

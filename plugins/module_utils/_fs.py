@@ -139,16 +139,17 @@ def make_dir_at(dir_fd: int, name: str, uid: int, gid: int, mode: int) -> None:
 
     A directory of this process's own uid and gid is born right: one mkdir with the umask cleared,
     whose EEXIST also serializes concurrent creators.  Any other, or one that mkdir cannot give its
-    mode (set-user-ID or set-group-ID bits, or a set-group-ID parent that would hand it the
-    parent's group and its set-group-ID bit), is made under a temporary
-    name beside ``name`` and renamed into place once owned and moded through a no-follow
-    descriptor: killed in between, a run must not leave (say) a root-owned 0700 parent that the
-    agents' user cannot enter, which no rerun would re-own.  A temporary name in a directory the
-    user can write is one more entry of root's that the user can move, so root's own directories
-    (``<volume>/users``) are born right.
+    mode (set-user-ID or set-group-ID bits), is made under a temporary name beside ``name`` and
+    renamed into place once owned and moded through a no-follow descriptor: killed in between, a
+    run must not leave (say) a root-owned 0700 parent that the agents' user cannot enter, which no
+    rerun would re-own.  So is an account's own directory in a set-group-ID parent, which would
+    hand it the parent's group.  Root's own directories (``<volume>/users``, the seed store's, all
+    0755) never are: in the volume root the user owns, a temporary name is one more entry of root's
+    that the user could move, and the user could set that bit to force one.  The group they then
+    carry gets no write from 0755.
     """
-    if ((uid, gid) == (os.geteuid(), os.getegid()) and not mode & (stat.S_ISUID | stat.S_ISGID)
-            and not os.fstat(dir_fd).st_mode & stat.S_ISGID):
+    born_right = (uid, gid) == (os.geteuid(), os.getegid()) and not mode & (stat.S_ISUID | stat.S_ISGID)
+    if born_right and (uid == 0 or not os.fstat(dir_fd).st_mode & stat.S_ISGID):
         umask = os.umask(0)  # the engine is single-threaded: nothing else creates files meanwhile
         try:
             os.mkdir(name, mode, dir_fd=dir_fd)

@@ -87,6 +87,23 @@ def test_modes_and_a_further_account_below_users(tree, ids):
     assert result["links"][1]["actions"] == ["create_directory", "create_file", "link"]
 
 
+def test_users_is_made_at_once_in_a_set_group_id_volume_root(tree, ids):
+    """The volume root's owner can set its set-group-ID bit: root still makes users with one mkdir
+    (taking that group and bit, with no write for the group), never under a temporary name in the
+    volume root, a root-owned entry that owner could move (found by an attacker review)."""
+    uid, gid = ids
+    os.chmod(tree.volume, 0o2755)
+    nobody = pwd.getpwnam("nobody")
+    other_home = os.path.join(tree.root, "home", "nobody")
+    os.makedirs(other_home)
+    os.chown(other_home, nobody.pw_uid, nobody.pw_gid)
+    links = [CLAUDE, dict(CLAUDE_JSON, path=f"{other_home}/.claude.json", target="vol:users/nobody/.claude.json", owner="nobody")]
+    converge(tree.params(*links, owner=USER, group=GROUP), tree.root)
+
+    assert owner(tree("vol:users")) == (0, gid, "0o2755")
+    assert owner(tree("vol:users/nobody")) == (nobody.pw_uid, nobody.pw_gid, "0o700")
+
+
 def test_a_further_account_outside_users_is_refused(tree, ids):
     before = tree.user_view()
     with pytest.raises(AgentStateLinkError, match=r"links\[1\]\.target: .* belongs to uid \d+, but .* is owned by uid"):
@@ -143,6 +160,29 @@ def test_manage_volume_root_reowns_the_root_only(tree, ids):
     assert owner(tree("vol:agor.db"))[:2] == (0, 0)
     assert result["diff"][0] == {"before_header": tree.volume, "after_header": tree.volume,
                                  "before": "owner: root:root\n", "after": f"owner: {USER}:{GROUP}\n"}
+
+
+@pytest.mark.parametrize("mode", [0o700, 0o711, 0o755], ids=oct)
+@pytest.mark.parametrize("conflict", ["backup", "fail"])
+def test_manage_volume_root_hands_over_a_volume_root_only_root_could_enter(tree, ids, mode, conflict):
+    """A fresh volume mounted root's, perhaps closed to others: the first start hands it to the
+    account before that account's process plans anything in it (conflict=fail plans every account's
+    links before root acts: that once refused every start on a 0700 volume root)."""
+    uid, gid = ids
+    tree.build({"vol:agor.db": "db", "home:.claude/s.jsonl": "session"})
+    for path in ("home:.claude", "home:.claude/s.jsonl"):
+        os.chown(tree(path), uid, gid)
+    os.chown(tree.volume, 0, 0)
+    os.chmod(tree.volume, mode)
+    params = tree.params(CLAUDE, owner=USER, group=GROUP, manage_volume_root=True, conflict=conflict)
+
+    result = run_engine(params)
+
+    assert result["volume_owner_changed"]
+    assert owner(tree.volume) == (uid, gid, oct(mode))
+    assert open(tree("vol:.claude/s.jsonl"), encoding="utf-8").read() == "session"
+    assert os.readlink(tree("home:.claude")) == tree("vol:.claude")
+    assert not run_engine(params)["changed"]
 
 
 def test_hard_linked_target_is_not_reowned(tree, ids):
