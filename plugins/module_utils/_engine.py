@@ -85,18 +85,19 @@ def _run(job: Job, check_mode: bool) -> t.Dict[str, t.Any]:
     try:
         with B.store_lock(store_fd, job.store_root, check_mode, job.lock_timeout) if store_fd is not None else _nothing():
             root = plan_root(job, store_fd)
-            if not check_mode and store_fd is not None and root.store_owner is not None:
-                # Handed over first (what manage_volume_root asks): the previews below run as the
-                # accounts, which must be able to enter a volume root that was root's 0700.
-                os.fchown(store_fd, *root.store_owner)
-            if not check_mode and (root.directories or job.conflict == "fail"):
-                # Every account's refusals (and with conflict=fail its conflicts) are known before
-                # root makes a directory; a run with none to make needs no preview.
-                previews = [_as_owner(territory, job, True) for territory in root.territories]
-                if job.conflict == "fail":
-                    _refuse_conflicts(previews)
-            if not check_mode and root.directories:
-                store_fd = apply_root(job, root, store_fd)
+            if not check_mode:
+                if store_fd is not None and root.store_owner is not None:
+                    # Handed over first (what manage_volume_root asks): the previews below run as
+                    # the accounts, which must be able to enter a volume root that was root's 0700.
+                    os.fchown(store_fd, *root.store_owner)
+                if root.directories or job.conflict == "fail":
+                    # Every account's refusals (and with conflict=fail its conflicts) are known
+                    # before root makes a directory; a run with none to make needs no preview.
+                    previews = [_as_owner(territory, job, True) for territory in root.territories]
+                    if job.conflict == "fail":
+                        _refuse_conflicts(previews)
+                if root.directories:
+                    store_fd = apply_root(job, root, store_fd)
             results = [_as_owner(territory, job, check_mode) for territory in root.territories]
             _refuse_conflicts(results)
     finally:

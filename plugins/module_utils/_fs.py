@@ -103,7 +103,7 @@ def open_anchor(path: str) -> t.Optional[int]:
             return os.open(part, passing | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         raise AgentStateLinkError(f"{path}: component {part!r} is not a directory")
 
-    return _descend(os.open("/", DIR_FLAGS), parts, open_next)
+    return descend(os.open("/", DIR_FLAGS), parts, open_next)
 
 
 def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
@@ -115,10 +115,10 @@ def walk_at(anchor_fd: int, parts: t.Sequence[str]) -> t.Optional[int]:
         except FileNotFoundError:
             return None
 
-    return _descend(os.dup(anchor_fd), parts, open_next)
+    return descend(os.dup(anchor_fd), parts, open_next)
 
 
-def _descend(fd: int, parts: t.Sequence[str], open_next: t.Callable[[int, int, str], t.Optional[int]]) -> t.Optional[int]:
+def descend(fd: int, parts: t.Sequence[str], open_next: t.Callable[[int, int, str], t.Optional[int]]) -> t.Optional[int]:
     """From ``fd`` (which this takes over) down ``parts``, each opened by ``open_next(fd, index, part)``;
     the last descriptor, or None when ``open_next`` finds a component missing."""
     try:

@@ -159,6 +159,23 @@ def backup_location(backup_dir: str, path: str) -> str:
     return os.path.join(backup_dir, path.lstrip("/"))
 
 
+def _first_name(dir_fd: int, name: str, usable: t.Callable[[t.Optional[os.stat_result]], bool]) -> t.Tuple[str, t.Optional[os.stat_result]]:
+    """``name``, else the first ``<name>.<n>`` in ``dir_fd`` whose entry (None: missing) is usable; with that entry."""
+    candidate, number = name, 0
+    st = _fs.lstat_at(dir_fd, candidate)
+    while not usable(st):
+        number += 1
+        candidate = f"{name}.{number}"
+        st = _fs.lstat_at(dir_fd, candidate)
+    return candidate, st
+
+
+def _free_place(parent_fd: int, dest: str) -> str:
+    """``dest``, or the first ``<dest>.<n>`` free in ``parent_fd`` (its directory)."""
+    name, _st = _first_name(parent_fd, os.path.basename(dest), lambda st: st is None)
+    return os.path.join(os.path.dirname(dest), name)
+
+
 def open_territory(job: Job, territory: Territory) -> t.Optional[int]:
     """Open the territory's root below the store root, checking that the account may trust it:
     ``users`` owned by root and writable by nobody else, ``users/<name>`` owned by the account.
@@ -482,11 +499,11 @@ class Planner:
             return [Step(Action.BACKUP, src_path, dest)]
         try:
             steps = self._plan_existing(src_fd, name, src_path, parent_fd, name, dest)
+            if steps is None:  # an earlier run that failed left other content there: never refuse (every rerun would)
+                self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
+                return [Step(Action.BACKUP, src_path, _free_place(parent_fd, dest))]
         finally:
             os.close(parent_fd)
-        if steps is None:  # an earlier run that failed left other content there: never refuse (every rerun would)
-            self._refuse_unmovable(src_fd, name, os.path.dirname(src_path))
-            return [Step(Action.BACKUP, src_path, self._free_backup_location(src_path))]
         return steps
 
     def _backup_place(self, path: str) -> t.Tuple[str, t.Optional[int]]:
@@ -499,25 +516,13 @@ class Planner:
         rel = os.path.relpath(os.path.dirname(dest), self.backup_dir)
         parts = [] if rel == "." else rel.split("/")
         meta_fd = self.meta_fd()
-        fd = None if meta_fd is None else _fs.walk_at(meta_fd, os.path.relpath(self.backup_dir, self.meta_path).split("/"))
-        try:
-            for index, part in enumerate(parts):
-                if fd is None:
-                    break
-                name, number = part, 0
-                st = _fs.lstat_at(fd, name)
-                while st is not None and not stat.S_ISDIR(st.st_mode):
-                    number += 1
-                    name = f"{part}.{number}"
-                    st = _fs.lstat_at(fd, name)
-                parts[index] = name
-                next_fd = None if st is None else _fs.open_dir_at(fd, name)
-                os.close(fd)
-                fd = next_fd
-        except BaseException:
-            if fd is not None:
-                os.close(fd)
-            raise
+        backup_fd = None if meta_fd is None else _fs.walk_at(meta_fd, os.path.relpath(self.backup_dir, self.meta_path).split("/"))
+
+        def open_next(fd: int, index: int, part: str) -> t.Optional[int]:
+            parts[index], st = _first_name(fd, part, lambda st: st is None or stat.S_ISDIR(st.st_mode))
+            return None if st is None else _fs.open_dir_at(fd, parts[index])
+
+        fd = None if backup_fd is None else _fs.descend(backup_fd, parts, open_next)
         return os.path.join(self.backup_dir, *parts, os.path.basename(dest)), fd
 
     def _free_backup_location(self, path: str) -> str:
@@ -528,13 +533,10 @@ class Planner:
         dest, parent_fd = self._backup_place(path)
         if parent_fd is None:
             return dest
-        name, number = os.path.basename(dest), 0
         try:
-            while _fs.lstat_at(parent_fd, f"{name}.{number}" if number else name) is not None:
-                number += 1
+            return _free_place(parent_fd, dest)
         finally:
             os.close(parent_fd)
-        return f"{dest}.{number}" if number else dest
 
     def _plan_fill(self, plan: LinkPlan, store_exists: bool) -> t.List[Step]:
         """Give an empty target its first content: the image's defaults, else initial_content."""
